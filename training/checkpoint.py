@@ -1,5 +1,6 @@
 """Checkpoints: {model, arch, config, epoch, metrics}, written atomically, loaded without unpickling code."""
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -21,6 +22,19 @@ def atomic_save(obj, path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable output folder with free space") from None
+
+
+def atomic_write_json(path, obj) -> None:
+    """JSON to a temporary file beside `path`, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,68 @@
+"""Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe."""
+import copy
+
+from training.errors import FaslandError
+
+METHOD_HPARAMS = {
+    "erm": {},
+    "sam": {"rho": 0.05, "adaptive": False},
+    "gacfas": {"rho": 0.1, "eta": 0.0, "alpha": 0.0002},
+    "rfm": {},
+}
+
+DEMO = {
+    "data": {"root": "synth", "image_size": 32, "seed": 0},
+    "model": {"name": "resnet18", "head": "linear", "pretrained": None},
+    "hparams": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "train": {
+        "seed": 0, "epochs": 6, "steps_per_epoch": 25, "batch_per_domain": 16,
+        "lr_step": 0, "lr_gamma": 0.5,          # StepLR(lr_step epochs, lr_gamma); 0 = constant
+        "head_only_epochs": 0,                  # epochs that train only the head
+        "warmup_epochs": 1,                     # minimizer_warming: plain ERM epochs before SAM/GAC-FAS
+        "augment": "flip",                      # flip | paper (rotation + cutout) | none
+        "two_views": False,                     # second augmented view for the supervised-contrastive loss
+        "eval_every": 1, "eval_last": 0, "eval_samples": 300,
+        "log_every": 5,                         # per-step gradient log for ERM/SAM every N steps
+        "save_every": 1,                        # trajectory checkpoint every N epochs
+    },
+}
+
+PAPER = {
+    "data": {"root": "synth", "image_size": 256, "seed": 0},
+    "model": {"name": "resnet18", "head": "normed", "pretrained": None},
+    "hparams": {"lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4, "head_lr_mult": 10.0,
+                "logit_scale": 12.0, "supcon_weight": 0.2},
+    "train": {
+        "seed": 0, "epochs": 150, "steps_per_epoch": 100, "batch_per_domain": 32,
+        "lr_step": 40, "lr_gamma": 0.5, "head_only_epochs": 1, "warmup_epochs": 10,
+        "augment": "paper", "two_views": True,
+        "eval_every": 5, "eval_last": 10, "eval_samples": None,
+        "log_every": 10, "save_every": 5,
+    },
+}
+
+PRESETS = {"demo": DEMO, "paper": PAPER}
+
+
+def make_config(protocol: str, method: str, preset: str = "demo", overrides: dict | None = None) -> dict:
+    """A full run config: the preset, the method's hyper-parameters, then `overrides` merged in (nested dicts)."""
+    if preset not in PRESETS:
+        raise FaslandError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
+    if method not in METHOD_HPARAMS:
+        raise FaslandError(f"unknown method '{method}'; use one of {', '.join(METHOD_HPARAMS)}")
+    config = copy.deepcopy(PRESETS[preset])
+    config.update(protocol=protocol, method=method, preset=preset)
+    config["hparams"].update(METHOD_HPARAMS[method])
+    return merge(config, overrides or {})
+
+
+def merge(base: dict, overrides: dict, path: str = "") -> dict:
+    """Recursively merge `overrides` into `base`; an unknown top-level section is an error."""
+    for k, v in overrides.items():
+        if path == "" and k not in base:
+            raise FaslandError(f"unknown config section '{k}'; use one of {', '.join(sorted(base))}")
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v, f"{path}{k}.")
+        else:
+            base[k] = v
+    return base

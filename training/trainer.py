@@ -1,0 +1,202 @@
+"""The training loop: balanced per-domain batches, one `algo.update` per step, evaluation on held-out
+clients of the sources and on the target, the trajectory saved, every epoch resumable."""
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from training.algorithms import make_algorithm
+from training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from training.data import load_domain, normalize
+from training.data.protocols import parse_protocol
+from training.errors import FaslandError
+from training.metrics import fas_metrics
+from training.model import build_model, load_pretrained
+from training.probe import load_probe
+
+
+class SourceBatches:
+    """Each source domain's training images (uint8, CPU); `sample` draws one balanced batch per domain."""
+
+    def __init__(self, config: dict, device):
+        d = config["data"]
+        sources, _ = parse_protocol(config["protocol"])
+        self.domains = [load_domain(d["root"], s, "train", image_size=d["image_size"], seed=d.get("seed", 0)) for s in sources]
+        self.names, self.device = sources, device
+        t = config["train"]
+        self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
+
+    def sample(self, g: torch.Generator) -> list[tuple]:
+        out = []
+        for dom in self.domains:
+            idx = torch.randint(len(dom.labels), (self.batch,), generator=g)
+            x = dom.images[idx]
+            views = (augment(x, self.augment, g),) + ((augment(x, self.augment, g),) if self.two_views else ())
+            views = tuple(normalize(v).to(self.device) for v in views)
+            out.append((views[0], dom.labels[idx].to(self.device), *views[1:]))
+        return out
+
+
+def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
+    """flip: random horizontal flip; paper: flip, rotation in ±15° and a cutout of a quarter of the side."""
+    if kind == "none":
+        return x
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if kind == "flip":
+        return x
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    grid = F.affine_grid(theta, (n, 3, h, w), align_corners=False)
+    x = F.grid_sample(x.float(), grid, padding_mode="reflection", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    side = max(1, h // 4)
+    cy, cx = torch.randint(h, (n,), generator=g), torch.randint(w, (n,), generator=g)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    hole = ((ys - cy[:, None, None]).abs() <= side // 2) & ((xs - cx[:, None, None]).abs() <= side // 2)
+    return x.masked_fill(hole[:, None], 0)
+
+
+def evaluate(model, probe) -> dict:
+    """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients."""
+    logits = probe.logits(model)
+    t = probe.target
+    target = fas_metrics(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy())
+    s_scores = torch.cat([logits[s] for s in probe.sources]).cpu().numpy()
+    s_labels = torch.cat([probe.domains[s][1] for s in probe.sources]).cpu().numpy()
+    sources = fas_metrics(s_scores, s_labels)
+    return {"target": {k: target[k] for k in ("hter", "auc", "tpr_at_fpr5", "acc")},
+            "sources": {k: sources[k] for k in ("hter", "auc")}}
+
+
+def summarize(evaluations: list[dict], last: int) -> dict:
+    """final (the last evaluation), best (lowest target HTER) and mean ± std of the last `last` ones."""
+    out = {"evaluations": evaluations, "final": evaluations[-1] if evaluations else None}
+    if evaluations:
+        out["best"] = min(evaluations, key=lambda e: e["target"]["hter"])
+        tail = evaluations[-last:] if last else evaluations[-1:]
+        for key in ("hter", "auc"):
+            v = torch.tensor([e["target"][key] for e in tail], dtype=torch.float64)
+            out.setdefault("last", {"n": len(tail)})[key] = {"mean": v.mean().item(), "std": v.std(unbiased=False).item()}
+    return out
+
+
+def epoch_lr_factor(epoch: int, t: dict) -> float:
+    """StepLR: lr × gamma^⌊epoch / step⌋ (step 0 = constant)."""
+    return t["lr_gamma"] ** (epoch // t["lr_step"]) if t["lr_step"] else 1.0
+
+
+def should_evaluate(epoch: int, t: dict) -> bool:
+    """Every `eval_every` epochs, each of the last `eval_last`, and always the final one (1-based epoch)."""
+    return epoch % t["eval_every"] == 0 or epoch > t["epochs"] - t["eval_last"] or epoch == t["epochs"]
+
+
+def prepare_run_dir(out: Path, config: dict) -> None:
+    """Create the run directory and its config.yaml; refuse a folder that holds a run of another config."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FaslandError(f"cannot create run directory '{out}' ({e.strerror}); choose a writable --out") from None
+    path = out / "config.yaml"
+    if path.exists():
+        old = yaml.safe_load(path.read_text())
+        if old != config:
+            changed = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
+            raise FaslandError(f"'{out}' holds a run with another configuration (differs in {', '.join(changed)}); pass a new --out or the same settings")
+        return
+    tmp = path.with_suffix(".yaml.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
+
+
+def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
+    """Train (or resume, or skip if finished) the run of `config` into `out_dir`; returns metrics.json's content."""
+    out = Path(out_dir)
+    prepare_run_dir(out, config)
+    t, device = config["train"], torch.device(device)
+    for key in ("epochs", "steps_per_epoch", "batch_per_domain"):
+        if not isinstance(t[key], int) or t[key] <= 0:
+            raise FaslandError(f"train.{key} = {t[key]!r} must be a positive integer; fix it in the config or preset")
+    if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
+        done = load_checkpoint(out / "checkpoint.pt")
+        if done["epoch"] >= t["epochs"]:
+            return json.loads((out / "metrics.json").read_text())
+
+    log = logging.getLogger(f"fasland.train.{out}")
+    log.handlers.clear()
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    torch.manual_seed(t["seed"])
+    arch = {k: v for k, v in config["model"].items() if k != "pretrained"}
+    model = build_model(arch)
+    if config["model"].get("pretrained"):
+        load_pretrained(model, config["model"]["pretrained"])
+    model.to(device)
+    sources, _ = parse_protocol(config["protocol"])
+    algo = make_algorithm(config["method"], model, len(sources), config["hparams"])
+    base_lrs = [g["lr"] for g in algo.optimizer.param_groups]
+    data = SourceBatches(config, device)
+    probe = load_probe(config, device, max_samples=t["eval_samples"], source_split="test")
+
+    start, evaluations = 0, []
+    resume = out / "resume.pt"
+    if resume.exists():
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        algo.optimizer.load_state_dict(state["optimizer"])
+        start, evaluations = state["epoch"], state["metrics"]["evaluations"]
+        log.info(f"resumed from epoch {start}")
+    steps_log = out / "steps.jsonl"
+    keep = [l for l in steps_log.read_text().splitlines() if json.loads(l)["epoch"] <= start] if steps_log.exists() and start else []
+    steps_log.write_text("".join(l + "\n" for l in keep))
+
+    if start == 0:
+        save_checkpoint(out / "checkpoints" / "epoch_000.pt", model, arch, config, 0, summarize([], 0))
+    log.info(f"training {config['method']} on {config['protocol']} ({', '.join(sources)} → target) for {t['epochs']} epochs on {device}")
+    bar = tqdm(total=t["epochs"] * t["steps_per_epoch"], initial=start * t["steps_per_epoch"], disable=not progress,
+               desc=f"train {config['method']}", unit="step", dynamic_ncols=True)
+    with steps_log.open("a") as steps_file:
+        for epoch in range(start, t["epochs"]):
+            g = torch.Generator().manual_seed(t["seed"] * 100_003 + epoch)
+            for group, lr in zip(algo.optimizer.param_groups, base_lrs):
+                group["lr"] = lr * epoch_lr_factor(epoch, t)
+            algo.head_only = epoch < t["head_only_epochs"]
+            algo.warming = epoch < t["head_only_epochs"] + t["warmup_epochs"]
+            model.train()
+            for step in range(t["steps_per_epoch"]):
+                algo.log_gradients = step % t["log_every"] == 0
+                logs = algo.update(data.sample(g))
+                steps_file.write(json.dumps({"epoch": epoch + 1, "step": epoch * t["steps_per_epoch"] + step, **logs}) + "\n")
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.3f}",
+                                **{f"L_{s}": f"{logs[f'loss_{i}']:.2f}" for i, s in enumerate(sources) if f"loss_{i}" in logs})
+            steps_file.flush()
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise FaslandError(f"training diverged at epoch {epoch + 1} (loss {logs['loss']}); lower hparams.lr or rho and rerun with a new --out")
+            if should_evaluate(epoch + 1, t):
+                evaluations.append({"epoch": epoch + 1, **evaluate(model, probe)})
+                e = evaluations[-1]
+                log.info(f"epoch {epoch + 1}: target HTER {e['target']['hter']:.4f} AUC {e['target']['auc']:.4f}; sources HTER {e['sources']['hter']:.4f}")
+                bar.write(f"epoch {epoch + 1}: target HTER {100 * e['target']['hter']:.2f}% AUC {100 * e['target']['auc']:.2f}% | sources HTER {100 * e['sources']['hter']:.2f}%")
+            metrics = summarize(evaluations, t["eval_last"])
+            if (epoch + 1) % t["save_every"] == 0 or epoch + 1 == t["epochs"]:
+                save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt", model, arch, config, epoch + 1, metrics)
+            save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict())
+    bar.close()
+    save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
