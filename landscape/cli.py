@@ -1,5 +1,231 @@
-"""Subcommands of this package (see analysis/cli.py for the dispatcher)."""
+"""`fasland surface` (see analysis/cli.py for the dispatcher)."""
+import os
+import re
+from pathlib import Path
+
+from training.errors import FaslandError
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("surface", help="1-D/2-D loss surface around a checkpoint, every domain's metrics per point",
+                       description="f(a, b) = metrics of θ + a·d1 + b·d2 on a grid, stored in an HDF5 file the reference "
+                                   "loss-landscape scripts read. Rerunning resumes; `mpiexec -n N fasland surface …` splits the points.")
+    p.add_argument("--checkpoint", required=True, help="the model θ: a checkpoint.pt written by 'fasland train'")
+    p.add_argument("--x", required=True, help="x grid MIN:MAX:N, e.g. -1:1:51")
+    p.add_argument("--y", default=None, help="y grid MIN:MAX:N for a 2-D surface")
+    g = p.add_argument_group("directions (default: filter-normalized random, seeded)")
+    g.add_argument("--model2", default=None, help="x direction = θ(model2) − θ: the interpolation from the checkpoint (a=0) to model2 (a=1)")
+    g.add_argument("--model3", default=None, help="y direction = θ(model3) − θ (2-D plane through three checkpoints)")
+    g.add_argument("--pca", default=None, metavar="RUN_DIR", help="x, y = the top-2 PCA directions of RUN_DIR/checkpoints/epoch_*.pt relative to the checkpoint; the path is projected and stored")
+    g.add_argument("--dir-file", default=None, help="reuse the directions of this .h5 (e.g. SURF.dirs.h5 of an earlier surface, or a reference direction file)")
+    g.add_argument("--dir-type", default=None, choices=["weights", "states"], help="weights = parameters (default); states = state_dict incl. BN running statistics")
+    g.add_argument("--xnorm", default="filter", choices=["filter", "layer", "weight", "none"])
+    g.add_argument("--xignore", default="biasbn", choices=["biasbn", "none"], help="biasbn zeroes 1-D tensors (bias, BN); none sets them to θ")
+    g.add_argument("--ynorm", default=None, choices=["filter", "layer", "weight", "none"], help="default: --xnorm")
+    g.add_argument("--yignore", default=None, choices=["biasbn", "none"], help="default: --xignore")
+    g.add_argument("--orthogonalize", action="store_true", help="make the y direction orthogonal to x (Gram–Schmidt, norm kept)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random directions (CPU generator: same on every device)")
+    d = p.add_argument_group("evaluation (data and protocol default to the checkpoint's)")
+    d.add_argument("--data", default=None, help="override the data root of the checkpoint's config ('synth' or a folder)")
+    d.add_argument("--max-samples", type=int, default=256, help="images per domain in the probe")
+    d.add_argument("--batch-size", type=int, default=256)
+    d.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N; under MPI rank r takes GPU r mod GPUs")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank (default: the node's cores / ranks on it)")
+    d.add_argument("--no-autocast", action="store_true", help="evaluate in float32 on CUDA too (autocast is used on CUDA only)")
+    p.add_argument("--plot", action="store_true", help="also write a quick PNG next to the .h5")
+    p.add_argument("--out", required=True, help="the surface file SURF.h5 (its directions go to SURF.dirs.h5 unless --dir-file)")
+    p.set_defaults(run=run_surface)
+    # let `--x -1:1:51` through as a value (argparse otherwise takes "-1:1:51" for an option)
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.eE+-]*:[\d.eE+:-]*$")
+
+
+def run_surface(args) -> int:
+    import torch
+
+    from landscape import mpi
+    from landscape.directions import load_directions
+    from landscape.surface import compute_surface, parse_axis
+    from training.checkpoint import file_hash, load_model
+    from training.device import pick_device
+    from training.probe import load_probe
+
+    xcoords = parse_axis(args.x, "--x")
+    ycoords = parse_axis(args.y, "--y") if args.y is not None else None
+    check_flags(args)
+    comm = mpi.world()
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // mpi.local_ranks()))
+    out = Path(args.out)
+    dirs_path = Path(args.dir_file) if args.dir_file else out.with_name(out.stem + ".dirs.h5")
+    device = pick_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    config = ckpt["config"]
+    if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
+        raise FaslandError(f"checkpoint '{args.checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": args.data} if args.data else {})},
+                 "max_samples": args.max_samples}
+
+    def prepare():
+        """Rank 0: refuse a mismatched existing surface before any heavy work, then make or reuse the directions."""
+        nonlocal probe
+        from landscape.store import SurfaceStore, check_same_surface, read_store
+
+        recipe = directions_recipe(args, file_hash)
+        provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_hash(args.checkpoint),
+                      "directions": recipe, "data": data_spec, "dir_file": str(dirs_path)}
+        if out.is_file():
+            check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords if needs_y(args) else None, provenance))
+        ensure_directions(args, model, recipe, provenance["checkpoint_sha256"], dirs_path)
+        probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)  # rank 0 first: fills the data cache
+        return provenance
+
+    probe = None
+    provenance = mpi.on_root(comm, prepare)
+    directions = load_directions(dirs_path, model)
+    if directions.y is None and ycoords is not None:
+        raise FaslandError(f"direction file '{dirs_path}' holds only an x direction but --y was given; drop --y or pass a 2-D direction file")
+    if mpi.rank(comm) != 0:
+        probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)
+    store = compute_surface(model, probe, directions, xcoords, ycoords if directions.y is not None else None, out,
+                            provenance, comm=comm, autocast=False if args.no_autocast else None)
+    if mpi.rank(comm) == 0:
+        if args.plot:
+            print(f"plot: {quick_plot(out)}")
+        print(f"surface: {out} ({int(store.done.sum())}/{store.size} points) directions: {dirs_path}")
+    return 0
+
+
+def needs_y(args) -> bool:
+    return args.y is not None
+
+
+def check_flags(args) -> None:
+    """Combinations that cannot mean anything get one sentence each."""
+    kinds = [f for f, v in (("--model2", args.model2), ("--pca", args.pca), ("--dir-file", args.dir_file)) if v]
+    if len(kinds) > 1:
+        raise FaslandError(f"{' and '.join(kinds)} each choose the directions; pass only one of them")
+    if args.model3 and args.y is None:
+        raise FaslandError("--model3 sets the y direction; add --y MIN:MAX:N")
+    if args.model3 and (args.pca or args.dir_file):
+        raise FaslandError("--model3 cannot be combined with --pca or --dir-file, which already fix the y direction")
+    if args.pca and args.y is None:
+        raise FaslandError("--pca gives a 2-D plane; add --y MIN:MAX:N")
+    for name in ("max_samples", "batch_size", "threads"):
+        if name == "threads" and args.threads is None:
+            continue
+        if getattr(args, name) <= 0:
+            raise FaslandError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive; pass e.g. --{name.replace('_', '-')} 256")
+
+
+def directions_recipe(args, file_hash) -> dict:
+    """What fixes the directions (resume identity): the kind, its inputs' hashes, seed and normalization."""
+    dir_type = args.dir_type or "weights"
+    ynorm, yignore = args.ynorm or args.xnorm, args.yignore or args.xignore
+    if args.dir_file:
+        if not Path(args.dir_file).is_file():
+            raise FaslandError(f"--dir-file '{args.dir_file}' not found; pass an existing direction .h5 (to make new directions, drop --dir-file)")
+        return {"kind": "file", "sha256": file_hash(args.dir_file), "dir_type": args.dir_type}
+    if args.pca:
+        from landscape.directions import trajectory_checkpoints
+        files = trajectory_checkpoints(args.pca)
+        return {"kind": "pca", "dir_type": dir_type, "ignore": args.xignore, "orthogonalize": False,
+                "checkpoints": [[p.name, file_hash(p)] for p in files]}
+    x = ({"kind": "interpolation", "to_sha256": file_hash(checked(args.model2, "--model2"))} if args.model2
+         else {"kind": "random", "norm": args.xnorm, "ignore": args.xignore})
+    recipe = {"dir_type": dir_type, "seed": args.seed, "x": x}
+    if args.y is not None:
+        recipe["y"] = ({"kind": "interpolation", "to_sha256": file_hash(checked(args.model3, "--model3"))} if args.model3
+                       else {"kind": "random", "norm": ynorm, "ignore": yignore})
+        recipe["orthogonalize"] = bool(args.orthogonalize)
+    return recipe
+
+
+def checked(path, flag) -> str:
+    if not Path(path).is_file():
+        raise FaslandError(f"{flag} '{path}' not found; pass the checkpoint.pt of a run made by 'fasland train'")
+    return path
+
+
+def ensure_directions(args, model, recipe: dict, checkpoint_sha256: str, path: Path) -> None:
+    """Make the directions of `recipe` and save them to `path`, unless `path` already holds them."""
+    import json
+
+    import torch
+
+    from landscape.directions import (Directions, interpolation_direction, load_directions, orthogonalize,
+                                      pca_directions, random_direction, save_directions, trajectory_checkpoints)
+    from training.checkpoint import load_model
+
+    if recipe.get("kind") == "file":
+        load_directions(path, model, args.dir_type)   # only checked: the file is used as it is
+        return
+    attrs = {"checkpoint_sha256": checkpoint_sha256}
+    if path.is_file():
+        try:
+            import h5py
+            with h5py.File(path, "r") as f:
+                same = f.attrs.get("recipe") == json.dumps(recipe, sort_keys=True) and f.attrs.get("checkpoint_sha256") == checkpoint_sha256
+        except OSError:
+            same = False
+        if same:
+            return
+    dir_type = recipe.get("dir_type", "weights")
+    if recipe.get("kind") == "pca":
+        dirs = pca_directions(model, trajectory_checkpoints(args.pca), dir_type, args.xignore)
+        dirs.recipe = recipe
+    else:
+        g = torch.Generator().manual_seed(int(args.seed))
+
+        def make(spec, other, norm_ignore):
+            if spec["kind"] == "interpolation":
+                m2, _ = load_model(other, "cpu")
+                return interpolation_direction(model, m2, dir_type)
+            return random_direction(model, norm=norm_ignore[0], ignore=norm_ignore[1], dir_type=dir_type, generator=g)
+
+        x = make(recipe["x"], args.model2, (args.xnorm, args.xignore))
+        y = make(recipe["y"], args.model3, (args.ynorm or args.xnorm, args.yignore or args.xignore)) if "y" in recipe else None
+        if y is not None and recipe.get("orthogonalize"):
+            y = orthogonalize(x, y)
+        dirs = Directions(x, y, dir_type, recipe)
+    save_directions(path, dirs, attrs)
+
+
+def quick_plot(path) -> Path:
+    """SURF.png beside SURF.h5: train/test loss and accuracy curves (1-D) or train_loss contours (2-D)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from landscape.store import grid_view, read_store
+
+    s = read_store(path)
+    png = Path(path).with_suffix(".png")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if s.y is None:
+        for name, style in (("train_loss", "b-"), ("test_loss", "b--")):
+            if name in s.arrays:
+                ax.plot(s.x, s.arrays[name], style, label=name)
+        ax.set_xlabel("a"), ax.set_ylabel("loss")
+        acc = ax.twinx()
+        for name, style in (("train_acc", "r-"), ("test_acc", "r--")):
+            if name in s.arrays:
+                acc.plot(s.x, s.arrays[name], style, label=name)
+        acc.set_ylabel("accuracy")
+        fig.legend(loc="upper center", ncol=4, fontsize=8)
+    else:
+        z = grid_view(s.arrays["train_loss"], len(s.x), len(s.y))
+        finite = z[np.isfinite(z)]
+        if finite.size:
+            levels = np.linspace(finite.min(), min(finite.max(), finite.min() + 10), 21)
+            cs = ax.contour(s.x, s.y, np.where(np.isfinite(z), z, np.nan), levels=levels, cmap="viridis")
+            ax.clabel(cs, inline=True, fontsize=7)
+        if "proj_xcoord" in s.extra:
+            ax.plot(s.extra["proj_xcoord"], s.extra["proj_ycoord"], "k.-", lw=1, ms=4, label="trajectory")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title("train_loss")
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png

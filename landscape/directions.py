@@ -1,0 +1,258 @@
+"""Directions in weight space (Li et al. 2018).
+
+A direction is a list of float32 CPU tensors, one per model tensor: `model.parameters()` order for
+dir_type="weights", `model.state_dict()` order for "states" (BatchNorm running statistics included;
+integer buffers such as num_batches_tracked get a zero direction). Kinds:
+
+- random: d ~ N(0, I), each filter rescaled d_f ← d_f ‖θ_f‖ / ‖d_f‖ (or per layer / per weight);
+  1-D tensors (bias, BN) zeroed ("biasbn") or set to θ itself ("none"), as the reference does;
+- interpolation: d = θ_b − θ_a, so θ_a + 1·d = θ_b;
+- PCA of a training trajectory: the top-2 principal components of {θ_e − θ_final}.
+
+Saved in the reference layout: groups `xdirection`/`ydirection`, one dataset per tensor named 0, 1, ….
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.errors import FaslandError
+
+NORMS = ("filter", "layer", "weight", "none")
+IGNORES = ("biasbn", "none")
+DIR_TYPES = ("weights", "states")
+PCA_DATASETS = ("explained_variance_ratio_", "explained_variance_", "singular_values_",
+                "proj_xcoord", "proj_ycoord", "proj_epochs")
+
+
+@dataclass
+class Directions:
+    """d1 (x) and optionally d2 (y); `recipe` says how they were made (provenance, resume identity);
+    `extra` holds the PCA datasets (explained variance, the projected trajectory)."""
+
+    x: list
+    y: list | None = None
+    dir_type: str = "weights"
+    recipe: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+
+def check_choice(value, choices, flag):
+    if value not in choices:
+        raise FaslandError(f"{flag} '{value}' is not known; use one of {', '.join(choices)}")
+
+
+def model_tensors(model: nn.Module, dir_type: str = "weights") -> list[torch.Tensor]:
+    """The tensors a direction moves, detached but sharing storage with the model."""
+    check_choice(dir_type, DIR_TYPES, "--dir-type")
+    if dir_type == "weights":
+        return [p.detach() for p in model.parameters()]
+    return [t.detach() for t in model.state_dict(keep_vars=True).values()]
+
+
+def state_tensors(state: dict, model: nn.Module, dir_type: str, source: str) -> list[torch.Tensor]:
+    """A state_dict's tensors in the order of `model_tensors(model, dir_type)`."""
+    names = ([n for n, _ in model.named_parameters()] if dir_type == "weights" else list(model.state_dict()))
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise FaslandError(f"'{source}' has no tensor '{missing[0]}' (and {len(missing) - 1} more missing); pass a checkpoint of the same architecture")
+    ref = model_tensors(model, dir_type)
+    for n, r in zip(names, ref):
+        if tuple(state[n].shape) != tuple(r.shape):
+            raise FaslandError(f"'{source}' tensor '{n}' has shape {tuple(state[n].shape)}, the model's {tuple(r.shape)}; pass a checkpoint of the same architecture")
+    return [state[n] for n in names]
+
+
+def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str = "filter", ignore: str = "biasbn") -> torch.Tensor:
+    """In place. 1-D (and 0-D) tensors: d ← 0 ('biasbn') or d ← θ ('none'). Otherwise
+    filter: d_f ← d_f ‖θ_f‖/(‖d_f‖ + 1e-10) for each filter f (first axis); layer: d ← d ‖θ‖/‖d‖;
+    weight: d ← d ⊙ θ; none: unchanged."""
+    w = w.detach().to("cpu", torch.float32)
+    if d.dim() <= 1:
+        return d.zero_() if ignore == "biasbn" else d.copy_(w)
+    if norm == "filter":
+        scale = w.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
+        d.mul_(scale.view(-1, *([1] * (d.dim() - 1))))
+    elif norm == "layer":
+        d.mul_(w.norm() / (d.norm() + 1e-10))
+    elif norm == "weight":
+        d.mul_(w)
+    return d
+
+
+def random_direction(model: nn.Module, seed: int = 0, norm: str = "filter", ignore: str = "biasbn",
+                     dir_type: str = "weights", generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """d ~ N(0, I) from a CPU generator (same numbers on any device), normalized against θ.
+    Pass one `generator` to draw several directions from one stream (x, then y)."""
+    check_choice(norm, NORMS, "--xnorm/--ynorm")
+    check_choice(ignore, IGNORES, "--xignore/--yignore")
+    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    out = []
+    for w in model_tensors(model, dir_type):
+        d = torch.randn(tuple(w.shape), generator=g, dtype=torch.float32)
+        out.append(normalize_direction(d, w, norm, ignore) if w.is_floating_point() else d.zero_())
+    return out
+
+
+def difference(start: list[torch.Tensor], end: list[torch.Tensor]) -> list[torch.Tensor]:
+    """end − start per tensor (float32, CPU); integer tensors give 0."""
+    return [(e.detach().to("cpu", torch.float32) - s.detach().to("cpu", torch.float32)) if s.is_floating_point()
+            else torch.zeros(tuple(s.shape)) for s, e in zip(start, end)]
+
+
+def interpolation_direction(model_a: nn.Module, model_b: nn.Module, dir_type: str = "weights") -> list[torch.Tensor]:
+    """d = θ_b − θ_a: the point a = 0 is model_a, a = 1 is model_b."""
+    return difference(model_tensors(model_a, dir_type), model_tensors(model_b, dir_type))
+
+
+def flat(direction: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([d.reshape(-1).to(torch.float64) for d in direction])
+
+
+def cosine(x: list[torch.Tensor], y: list[torch.Tensor]) -> float:
+    """⟨x, y⟩ / (‖x‖ ‖y‖) over all tensors."""
+    fx, fy = flat(x), flat(y)
+    return float(fx @ fy / (fx.norm() * fy.norm() + 1e-300))
+
+
+def orthogonalize(x: list[torch.Tensor], y: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gram–Schmidt: y ← y − (⟨y, x⟩/⟨x, x⟩) x, rescaled to keep ‖y‖ (its per-filter norms then change)."""
+    fx, fy = flat(x), flat(y)
+    c = float(fx @ fy / (fx @ fx))
+    out = [(b.double() - c * a.double()) for a, b in zip(x, y)]
+    scale = float(fy.norm() / flat(out).norm())
+    return [(t * scale).float() for t in out]
+
+
+def trajectory_checkpoints(run_dir) -> list[Path]:
+    """RUN_DIR/checkpoints/epoch_*.pt in epoch order."""
+    folder = Path(run_dir) / "checkpoints"
+    files = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)) if folder.is_dir() else []
+    if len(files) < 3:
+        raise FaslandError(f"PCA of a trajectory needs at least 3 checkpoints in '{folder}', found {len(files)}; pass the RUN_DIR of a run that saved its epochs")
+    return files
+
+
+def pca_directions(model: nn.Module, checkpoints, dir_type: str = "weights", ignore: str = "biasbn") -> Directions:
+    """PC1, PC2 of the rows θ_e − θ (θ = `model`, the final point) with scikit-learn's exact PCA,
+    as the reference does; 1-D tensors are left out when ignore='biasbn'. `extra` gets the explained
+    variance and the trajectory projected onto the plane: (⟨θ_e − θ, pc1⟩, ⟨θ_e − θ, pc2⟩)."""
+    from sklearn.decomposition import PCA
+
+    from training.checkpoint import load_checkpoint
+
+    check_choice(ignore, IGNORES, "--xignore")
+    base = model_tensors(model, dir_type)
+    rows, epochs = [], []
+    for i, path in enumerate(checkpoints):
+        ckpt = load_checkpoint(path)
+        d = difference(base, state_tensors(ckpt["model"], model, dir_type, str(path)))
+        if ignore == "biasbn":
+            d = [t.zero_() if t.dim() <= 1 else t for t in d]
+        rows.append(flat(d).float().numpy())
+        epochs.append(int(ckpt.get("epoch", i)))
+    matrix = np.stack(rows)
+    pca = PCA(n_components=2, svd_solver="full").fit(matrix)
+    pcs = pca.components_.astype(np.float32)
+    proj = matrix @ pcs.T / np.linalg.norm(pcs, axis=1)
+    x, y = (unflatten(pc, base) for pc in pcs)
+    extra = {"explained_variance_ratio_": pca.explained_variance_ratio_, "explained_variance_": pca.explained_variance_,
+             "singular_values_": pca.singular_values_, "proj_xcoord": proj[:, 0].astype(np.float64),
+             "proj_ycoord": proj[:, 1].astype(np.float64), "proj_epochs": np.asarray(epochs, dtype=np.int64)}
+    return Directions(x, y, dir_type, extra=extra)
+
+
+def unflatten(vector: np.ndarray, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, i = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(torch.from_numpy(np.ascontiguousarray(vector[i:i + n])).float().view(tuple(t.shape)).clone())
+        i += n
+    return out
+
+
+def save_directions(path, directions: Directions, attrs: dict | None = None) -> None:
+    """Write the reference layout to a temporary file, then rename (a kill never leaves a torn file)."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            for name, d in (("xdirection", directions.x), ("ydirection", directions.y)):
+                if d is not None:
+                    g = f.create_group(name)
+                    for i, t in enumerate(d):
+                        g.create_dataset(str(i), data=t.numpy())
+            for k, v in directions.extra.items():
+                f[k] = v
+            f.attrs["dir_type"] = directions.dir_type
+            f.attrs["recipe"] = json.dumps(directions.recipe, sort_keys=True)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FaslandError(f"cannot write directions to '{path}' ({e.strerror or e}); choose a writable output folder with free space") from None
+
+
+def load_directions(path, model: nn.Module | None = None, dir_type: str | None = None) -> Directions:
+    """Read a direction file (ours or the reference's); with `model`, check each tensor's shape."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise FaslandError(f"direction file '{path}' not found; pass an .h5 with xdirection (and ydirection) groups, e.g. SURF.dirs.h5 of an earlier surface")
+    try:
+        f = h5py.File(p, "r")
+    except OSError:
+        raise FaslandError(f"direction file '{path}' is not a readable HDF5 file; pass a direction .h5 written by fasland or the loss-landscape code") from None
+    with f:
+        if "xdirection" not in f or not isinstance(f["xdirection"], h5py.Group):
+            raise FaslandError(f"direction file '{path}' has no 'xdirection' group; pass a direction .h5 written by fasland or the loss-landscape code")
+        stored_type = f.attrs.get("dir_type")
+        stored_type = stored_type.decode() if isinstance(stored_type, bytes) else stored_type
+        if stored_type and dir_type and stored_type != dir_type:
+            raise FaslandError(f"direction file '{path}' holds '{stored_type}' directions, not '{dir_type}'; pass --dir-type {stored_type}")
+        dir_type = stored_type or dir_type or "weights"
+        x = read_group(f, "xdirection", path)
+        y = read_group(f, "ydirection", path) if "ydirection" in f else None
+        recipe = json.loads(f.attrs["recipe"]) if "recipe" in f.attrs else {}
+        extra = {k: f[k][()] for k in PCA_DATASETS if k in f}
+    dirs = Directions(x, y, dir_type, recipe, extra)
+    if model is not None:
+        check_fits(dirs, model, path)
+    return dirs
+
+
+def read_group(f, name, path) -> list[torch.Tensor]:
+    g = f[name]
+    try:
+        return [torch.from_numpy(np.asarray(g[str(i)][()], dtype=np.float32)) for i in range(len(g))]
+    except (KeyError, ValueError, TypeError):
+        raise FaslandError(f"direction file '{path}': group '{name}' is not a list of numeric datasets 0..{len(g) - 1}; pass a direction .h5 in the reference layout") from None
+
+
+def check_fits(dirs: Directions, model: nn.Module, path) -> None:
+    """Each direction has one tensor per model tensor, of the same shape."""
+    ref = model_tensors(model, dirs.dir_type)
+    for name, d in (("xdirection", dirs.x), ("ydirection", dirs.y)):
+        if d is None:
+            continue
+        if len(d) != len(ref):
+            raise FaslandError(f"direction file '{path}' has {len(d)} tensors in {name} but the model has {len(ref)} {dirs.dir_type}; "
+                               "make the directions for this architecture and --dir-type")
+        for i, (t, r) in enumerate(zip(d, ref)):
+            if tuple(t.shape) != tuple(r.shape):
+                raise FaslandError(f"direction file '{path}' tensor {name}/{i} has shape {tuple(t.shape)}, the model's is {tuple(r.shape)}; "
+                                   "make the directions for this architecture and --dir-type")

@@ -1,0 +1,176 @@
+"""The surface engine: f(a, b) = probe(θ + a·d1 + b·d2) at every point of a grid.
+
+Each point writes θ + a·d1 + b·d2 into the model's own tensors (no copy of the model, no tensor
+allocated per point), then runs the probe, whose one pass gives every metric (per domain, train, test,
+HTER, AUC). Non-finite values far from θ are stored as they come (NaN/inf) and never stop the job.
+Points go in the reference's flat order k = iy·nx + ix; every point rewrites every moved tensor, so
+no evaluation order is cheaper than another.
+"""
+import math
+import platform
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape import mpi
+from landscape.directions import Directions, cosine, model_tensors
+from landscape.store import SurfaceStore
+from training.errors import FaslandError
+
+
+def parse_axis(spec: str, flag: str = "--x") -> np.ndarray:
+    """'MIN:MAX:N' → N evenly spaced coordinates from MIN to MAX (np.linspace)."""
+    parts = str(spec).split(":")
+    hint = f"use {flag} MIN:MAX:N such as -1:1:51"
+    if len(parts) != 3:
+        raise FaslandError(f"grid spec '{flag} {spec}' is not MIN:MAX:N; {hint}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise FaslandError(f"grid spec '{flag} {spec}' has a MIN or MAX that is not a number; {hint}") from None
+    try:
+        n = int(parts[2])
+    except ValueError:
+        raise FaslandError(f"grid spec '{flag} {spec}' has N '{parts[2]}' that is not a whole number; {hint}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise FaslandError(f"grid spec '{flag} {spec}' has a MIN or MAX that is not finite; {hint}")
+    if n <= 0:
+        raise FaslandError(f"grid spec '{flag} {spec}' asks for {n} points; N must be at least 1, {hint}")
+    if n > 1 and not lo < hi:
+        raise FaslandError(f"grid spec '{flag} {spec}' has MIN ≥ MAX; {hint}")
+    return np.linspace(lo, hi, n)
+
+
+class Grid:
+    """The points (x[ix], y[iy]) in the reference's flat order k = iy·nx + ix (1-D: k = ix, b = 0)."""
+
+    def __init__(self, xcoords, ycoords=None):
+        self.x = np.asarray(xcoords, dtype=np.float64)
+        self.y = None if ycoords is None else np.asarray(ycoords, dtype=np.float64)
+        self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
+        self.size = int(np.prod(self.shape))
+
+    def point(self, k: int) -> tuple[float, float]:
+        nx = len(self.x)
+        return float(self.x[k % nx]), (0.0 if self.y is None else float(self.y[k // nx]))
+
+
+class Plane:
+    """The affine plane θ + a·d1 + b·d2, written in place into the model's tensors.
+    Keeps one copy of θ (and of d1, d2 on the model's device and memory format) for the whole
+    surface; `move_to` allocates nothing. Tensors that no direction moves are never touched."""
+
+    def __init__(self, model: nn.Module, directions: Directions):
+        targets = model_tensors(model, directions.dir_type)
+        if len(directions.x) != len(targets) or (directions.y is not None and len(directions.y) != len(targets)):
+            raise FaslandError(f"the directions have {len(directions.x)} tensors but the model has {len(targets)} {directions.dir_type}; "
+                               "make the directions for this model and --dir-type")
+        ys = directions.y if directions.y is not None else [None] * len(targets)
+        self.moves = []
+        for t, dx, dy in zip(targets, directions.x, ys):
+            dy = dy if dy is not None and bool(dy.any()) else None
+            if t.is_floating_point() and (bool(dx.any()) or dy is not None):
+                self.moves.append((t, t.clone(), like(dx, t), None if dy is None else like(dy, t)))
+
+    @torch.no_grad()
+    def move_to(self, a: float, b: float = 0.0) -> None:
+        """θ_t ← θ + a·d1 + b·d2 for every moved tensor t."""
+        for t, w, dx, dy in self.moves:
+            torch.add(w, dx, alpha=a, out=t)
+            if dy is not None:
+                t.add_(dy, alpha=b)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        for t, w, _, _ in self.moves:
+            t.copy_(w)
+
+
+def like(d: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """d with t's device, dtype and memory format."""
+    return torch.empty_like(t).copy_(d)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def evaluate(probe, model: nn.Module, autocast: bool = False) -> dict[str, float]:
+    """probe(model) as floats; with autocast the forward runs in float16 (CUDA) / bfloat16 (CPU)."""
+    if autocast:
+        device_type = model_device(model).type
+        with torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16):
+            metrics = probe(model)
+    else:
+        metrics = probe(model)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def versions() -> dict:
+    import h5py
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        fasland = version("fasland")
+    except PackageNotFoundError:
+        fasland = "unknown"
+    return {"fasland": fasland, "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+            "python": platform.python_version()}
+
+
+def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, ycoords=None, out_path=None,
+                    provenance: dict | None = None, comm=None, progress: bool = True, autocast: bool | None = None,
+                    channels_last: bool = True, root_computes: bool = True) -> SurfaceStore | None:
+    """Every metric of `probe` (any callable model → {name: float}) at θ + x[ix]·d1 + y[iy]·d2.
+
+    Results go to `out_path` (None: kept in memory), resumed if the file holds this very surface and
+    refused if it holds another. Under MPI (`comm`) every rank calls this with the same arguments;
+    rank 0 returns the store, the others None. autocast=None means "on CUDA only"."""
+    if ycoords is not None and directions.y is None:
+        raise FaslandError("a 2-D grid (--y) needs two directions but only an x direction was given; add --y directions or drop --y")
+    if autocast is None:
+        autocast = model_device(model).type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    grid = Grid(xcoords, None if directions.y is None else ycoords)
+    prov = {"versions": versions(), "directions": directions.recipe, "dir_type": directions.dir_type,
+            **({"direction_cosine": cosine(directions.x, directions.y)} if directions.y is not None else {}),
+            **(provenance or {})}
+    store = None
+
+    def open_store():
+        nonlocal store
+        if out_path is None:
+            store = SurfaceStore(None, grid.x, grid.y, prov, directions.extra)
+        else:
+            store = SurfaceStore.open(out_path, grid.x, grid.y, prov, directions.extra)
+        return store.missing()
+
+    todo = mpi.on_root(comm, open_store)
+    plane = Plane(model, directions)
+    bar = None
+    if mpi.rank(comm) == 0 and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="pt", dynamic_ncols=True)
+
+    def evaluate_point(k):
+        plane.move_to(*grid.point(k))
+        return evaluate(probe, model, autocast)
+
+    def record(k, metrics):
+        store.record(k, metrics)
+        store.save_if_due()
+        if bar is not None:
+            bar.update()
+
+    try:
+        mpi.map_points(comm, todo, evaluate_point, record, root_computes)
+    finally:
+        plane.reset()
+        if bar is not None:
+            bar.close()
+        if store is not None:
+            store.close()
+    return store
