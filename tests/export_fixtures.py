@@ -1,0 +1,94 @@
+"""Small surface files for the export tests, written with plain h5py in the store's layout
+(landscape/store.py: each metric of shape (nx, ny) whose flat index k = iy·nx + ix holds f(x[ix], y[iy]))."""
+import json
+
+import h5py
+import numpy as np
+
+DOMAINS = ("I", "C", "M")
+TARGET = "O"
+
+
+def metrics_at(X, Y, scale=1.0):
+    """Every metric of the probe as a smooth function of the plane coordinates (X, Y arrays)."""
+    base = scale * (X ** 2 + 0.5 * Y ** 2) + 0.1 * np.sin(3 * X) + 0.05 * Y
+    m = {}
+    for i, d in enumerate(DOMAINS + (TARGET,)):
+        m[f"loss_{d}"] = (1 + 0.25 * i) * base + 0.1 * i + 0.2
+        m[f"acc_{d}"] = 1 / (1 + (1 + 0.1 * i) * base)
+    m["train_loss"] = sum(m[f"loss_{d}"] for d in DOMAINS) / 3
+    m["train_acc"] = sum(m[f"acc_{d}"] for d in DOMAINS) / 3
+    m["test_loss"], m["test_acc"] = m[f"loss_{TARGET}"], m[f"acc_{TARGET}"]
+    m["test_hter"] = 0.5 * (1 - m["test_acc"])
+    m["test_auc"] = m["test_acc"] ** 0.5
+    return m
+
+
+def write_surface(path, nx=9, ny=7, scale=1.0, missing=(), blowup=(), trajectory=True, one_d=False, attrs=None):
+    """A surface file; `missing` [(ix, iy)] are not done (NaN), `blowup` [(ix, iy)] are done but train_loss = inf.
+    Returns the truth: {x, y, arrays [ix, iy] with NaN where not done}."""
+    x = np.linspace(-1.0, 1.0, nx)
+    y = None if one_d else np.linspace(-0.8, 0.8, ny)
+    X, Y = (x, np.zeros_like(x)) if one_d else np.meshgrid(x, y, indexing="ij")
+    arrays = metrics_at(X, Y, scale)
+    done = np.ones(X.shape, bool)
+    for p in missing:
+        done[p] = False
+    for a in arrays.values():
+        a[~done] = np.nan
+    for p in blowup:
+        arrays["train_loss"][p] = np.inf
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = x
+        if not one_d:
+            f["ycoordinates"] = y
+        for name, a in arrays.items():
+            f[name] = stored(a)
+        f["done"] = stored(done.astype(np.uint8))
+        f["dir_file"] = "dirs.h5"
+        if trajectory and not one_d:
+            t = np.linspace(0, 1, 8)
+            f["proj_xcoord"] = 0.7 * (1 - t) * np.cos(4 * t)
+            f["proj_ycoord"] = 0.6 * (1 - t) * np.sin(4 * t)
+            f["proj_epochs"] = np.arange(1, 9)
+            f["explained_variance_ratio_"] = np.array([0.71, 0.18])
+        f.attrs["format"] = "fasland-surface-1"
+        f.attrs["layout"] = "reference"
+        f.attrs["checkpoint"] = "runs/demo/erm/checkpoint.pt"
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    return {"x": x, "y": y, "arrays": arrays, "done": done}
+
+
+def stored(a):
+    """[ix, iy] -> the file's (nx, ny) dataset with flat k = iy·nx + ix."""
+    a = np.asarray(a)
+    return a if a.ndim == 1 else a.T.reshape(a.shape)
+
+
+def write_hessian(path, label="erm", scale=1.0):
+    grid = np.linspace(-1, 10 * scale, 60)
+    values = np.exp(-0.5 * (grid / (0.5 * scale)) ** 2) + 1e-3
+    data = {"method": label, "eigenvalues": [10.0 * scale, 6.0 * scale, 2.5 * scale], "trace": 40.0 * scale,
+            "density": {"grid": grid.tolist(), "values": values.tolist()},
+            "per_domain": {d: {"eigenvalues": [(4 + i) * scale, 1.0 * scale]} for i, d in enumerate(DOMAINS)}}
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return data
+
+
+def write_conflicts(path, label="gacfas", epochs=5):
+    k = len(DOMAINS)
+    rng = np.random.default_rng(0)
+
+    def matrix():
+        m = rng.uniform(-0.6, 0.9, (k, k))
+        m = (m + m.T) / 2
+        np.fill_diagonal(m, 1.0)
+        return m.round(4).tolist()
+
+    data = {"method": label, "domains": list(DOMAINS), "cosines": {"theta": matrix(), "ascent": matrix()},
+            "trajectory": [{"epoch": e, "cosines": {"theta": matrix()}} for e in range(1, epochs + 1)]}
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return data
