@@ -18,7 +18,7 @@ DEMO = {
         "seed": 0, "epochs": 6, "steps_per_epoch": 25, "batch_per_domain": 16,
         "lr_step": 0, "lr_gamma": 0.5,          # StepLR(lr_step epochs, lr_gamma); 0 = constant
         "head_only_epochs": 0,                  # epochs that train only the head
-        "warmup_epochs": 1,                     # minimizer_warming: plain ERM epochs before SAM/GAC-FAS
+        "minimizer_warming": 1,                 # epochs of plain ERM (head-only ones included) before SAM/GAC-FAS
         "augment": "flip",                      # flip | paper (rotation + cutout) | none
         "two_views": False,                     # second augmented view for the supervised-contrastive loss
         "eval_every": 1, "eval_last": 0, "eval_samples": 300,
@@ -34,7 +34,7 @@ PAPER = {
                 "logit_scale": 12.0, "supcon_weight": 0.2},
     "train": {
         "seed": 0, "epochs": 150, "steps_per_epoch": 100, "batch_per_domain": 32,
-        "lr_step": 40, "lr_gamma": 0.5, "head_only_epochs": 1, "warmup_epochs": 10,
+        "lr_step": 40, "lr_gamma": 0.5, "head_only_epochs": 1, "minimizer_warming": 10,
         "augment": "paper", "two_views": True,
         "eval_every": 5, "eval_last": 10, "eval_samples": None,
         "log_every": 10, "save_every": 5,

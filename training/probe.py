@@ -36,15 +36,15 @@ class Probe:
         return [(x[i:i + self.batch_size], y[i:i + self.batch_size])
                 for n in names for x, y in [self.domains[n]] for i in range(0, len(x), self.batch_size)]
 
-    @torch.inference_mode()
     def logits(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """One eval-mode pass: {domain: logits}."""
-        if self.channels_last:
+        if self.channels_last:   # outside inference mode: the parameters must stay usable by autograd
             model.to(memory_format=torch.channels_last)
         was_training = model.training
         model.eval()
-        out = {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
-               for d, (x, _) in self.domains.items()}
+        with torch.inference_mode():
+            out = {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
+                   for d, (x, _) in self.domains.items()}
         model.train(was_training)
         return out
 

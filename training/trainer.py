@@ -145,7 +145,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
     model = build_model(arch)
     if config["model"].get("pretrained"):
         load_pretrained(model, config["model"]["pretrained"])
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)   # as the probe runs it: a resumed run computes identically
     sources, _ = parse_protocol(config["protocol"])
     algo = make_algorithm(config["method"], model, len(sources), config["hparams"])
     base_lrs = [g["lr"] for g in algo.optimizer.param_groups]
@@ -175,7 +175,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
             for group, lr in zip(algo.optimizer.param_groups, base_lrs):
                 group["lr"] = lr * epoch_lr_factor(epoch, t)
             algo.head_only = epoch < t["head_only_epochs"]
-            algo.warming = epoch < t["head_only_epochs"] + t["warmup_epochs"]
+            algo.warming = epoch < t["minimizer_warming"]   # counted from epoch 0, head-only epochs included, as the released code
             model.train()
             for step in range(t["steps_per_epoch"]):
                 algo.log_gradients = step % t["log_every"] == 0

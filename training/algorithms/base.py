@@ -10,7 +10,7 @@ Minibatches, one entry per source domain in domain order:
   None, or an x with no rows: the domain is absent from this batch and skipped.
 
 Switches the trainer sets between steps (all False by default):
-  warming        a plain ERM step, ∇L(θ; S) [+ supcon], whatever the method (the `minimizer_warming` epochs)
+  warming        a plain ERM step, ∇L(θ; S) [+ supcon], whatever the method (the trainer's `train.minimizer_warming` epochs)
   head_only      only parameters named `head.*` get gradients and are stepped (the paper's first epoch);
                  the others keep grad None, so SGD leaves them, their momentum and weight decay alone
   log_gradients  ERM/SAM also return gnorm_<i> and cos_<i>_<j> at θ (GAC-FAS always does)
@@ -36,7 +36,6 @@ BASE_HPARAMS = {
     "head_lr_mult": 1.0,         # the paper recipe trains the head at 10× the backbone's rate
     "logit_scale": 1.0,          # BCE on sigmoid(logit_scale · logit)
     "supcon_weight": 0.0,        # two-view supervised-contrastive feature loss (0 = off; paper 0.2)
-    "minimizer_warming": 0,      # epochs of plain ERM before SAM/GAC-FAS; read by the trainer (algo.warming)
 }
 
 

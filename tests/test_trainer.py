@@ -1,0 +1,74 @@
+"""The training loop on SynthFAS: run directory, metrics.json, resume equals an uninterrupted run."""
+import json
+
+import pytest
+import torch
+
+from training.errors import FaslandError
+from training.presets import make_config
+from training.trainer import train
+
+TINY = {"data": {"image_size": 32}, "train": {"epochs": 2, "steps_per_epoch": 3, "batch_per_domain": 4, "eval_samples": 24}}
+
+
+def tiny(method="erm", **train_overrides):
+    return make_config("ICM2O", method, "demo", {**TINY, "train": {**TINY["train"], **train_overrides}})
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_run_directory_and_metrics(tmp_path):
+    metrics = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "metrics.json", "config.yaml", "train.log", "steps.jsonl",
+                 "checkpoints/epoch_000.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"):
+        assert (run / name).is_file(), name
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert [e["epoch"] for e in on_disk["evaluations"]] == [1, 2]
+    for e in on_disk["evaluations"]:
+        assert set(e["target"]) == {"hter", "auc", "tpr_at_fpr5", "acc"} and set(e["sources"]) == {"hter", "auc"}
+        assert all(0 <= v <= 1 for v in (*e["target"].values(), *e["sources"].values()))
+    assert on_disk["final"] == on_disk["evaluations"][-1]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["method"] == "erm" and ckpt["arch"]["name"] == "resnet18"
+    steps = [json.loads(l) for l in (run / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 6 and "cos_0_1" in steps[0]       # gradient cosines every log_every steps
+    assert torch.equal(weights(run / "checkpoint.pt")["head.weight"], weights(run / "checkpoints/epoch_002.pt")["head.weight"])
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    train(tiny("sam"), tmp_path / "a", progress=False)
+
+    from training.algorithms.sam import SAM
+    real, calls = SAM.update, {"n": 0}
+
+    def crash_in_epoch_two(self, minibatches):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, minibatches)
+
+    monkeypatch.setattr(SAM, "update", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny("sam"), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    monkeypatch.setattr(SAM, "update", real)
+    train(tiny("sam"), tmp_path / "b", progress=False)
+    a, b = weights(tmp_path / "a" / "checkpoint.pt"), weights(tmp_path / "b" / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "steps.jsonl").read_text() == (tmp_path / "b" / "steps.jsonl").read_text()
+    # a finished run is not trained again
+    before = (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns
+    train(tiny("sam"), tmp_path / "b", progress=False)
+    assert (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_another_config_in_the_same_folder_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("protocol: OCM2I\n")
+    with pytest.raises(FaslandError, match="another configuration"):
+        train(tiny(), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == "protocol: OCM2I\n"
