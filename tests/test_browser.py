@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -121,8 +122,23 @@ def browser():
             b.close()
 
 
-def open_page(b: Browser, page, tmp_path):
-    """(JS errors, DOM report, screenshot pixels) of the page in a new tab, once every plot has drawn."""
+# Picks an entry of the first plot's array menu the way a user does (click the header, then the entry).
+MENU = """(async () => {
+  const gd = document.querySelector('.js-plotly-plot');
+  gd.querySelector('.updatemenu-header').dispatchEvent(new MouseEvent('click', {bubbles: true}));
+  await new Promise(r => setTimeout(r, 300));
+  const entries = Array.from(gd.querySelectorAll('.updatemenu-dropdown-button'));
+  entries.find(b => b.textContent === '%s').dispatchEvent(new MouseEvent('click', {bubbles: true}));
+  await new Promise(r => setTimeout(r, 1000));
+  return {entries: entries.map(b => b.textContent), shown: gd.querySelector('.updatemenu-header').textContent,
+          cmin: gd._fullLayout.coloraxis.cmin, cmax: gd._fullLayout.coloraxis.cmax,
+          z: gd._fullData.filter(t => t.type === 'surface').map(t => t.z)};
+})()"""
+
+
+def open_page(b: Browser, page, tmp_path, then: str | None = None):
+    """(JS errors, DOM report, screenshot pixels[, value of `then`]) of the page in a new tab, once every
+    plot has drawn; `then` is a script run after the screenshot."""
     b.session, b.events = None, []
     target = b.send("Target.createTarget", url="about:blank")["targetId"]
     b.session = b.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -143,13 +159,19 @@ def open_page(b: Browser, page, tmp_path):
         b.send("Runtime.evaluate", expression="new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
                awaitPromise=True)
         shot = b.send("Page.captureScreenshot", format="png", timeout=90)["data"]
+        after = None
+        if then:
+            res = b.send("Runtime.evaluate", expression=then, awaitPromise=True, returnByValue=True, timeout=90)
+            assert "exceptionDetails" not in res, res["exceptionDetails"]
+            after = res["result"]["value"]
         errors = b.errors()
     finally:
         b.session = None
         b.send("Target.closeTarget", targetId=target)
     img = Image.open(io.BytesIO(base64.b64decode(shot))).convert("RGB")
     img.save(tmp_path / f"{page.stem}_chromium.png")
-    return errors, json.loads(report), np.asarray(img).astype(int)
+    out = (errors, json.loads(report), np.asarray(img).astype(int))
+    return out + (after,) if then else out
 
 
 def hue(img) -> np.ndarray:
@@ -162,7 +184,7 @@ def test_surface_page_renders_in_chromium(browser, tmp_path):
         write_surface(p, nx=21, ny=17, scale=scale, missing=[(20, 16)], blowup=[(0, 0)])
     page = tmp_path / "surfaces.html"
     assert main(["export", "html", *map(str, paths), "--out", str(page), "--labels", "ERM,SAM,GAC-FAS"]) == 0
-    errors, report, img = open_page(browser, page, tmp_path)
+    errors, report, img, menu = open_page(browser, page, tmp_path, then=MENU % "acc_C")
     assert errors == [] and report["plotly"] == "object"
     (plot,) = report["plots"]
     assert plot["traces"] == 12 and plot["menus"] == 1
@@ -173,6 +195,17 @@ def test_surface_page_renders_in_chromium(browser, tmp_path):
         region = img[int(y):int(y + h), int(x):int(x + w)]
         assert hue(region).mean() > 0.05, (x, y, w, h)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 1000
+    # the array menu, clicked in the browser, switches every surface and the shared colour scale to acc_C
+    assert menu["shown"] == "acc_C" and len(menu["entries"]) == 14
+    truth = []
+    for p in paths:
+        with h5py.File(p) as f:
+            raw, done = f["acc_C"][()].reshape(17, 21), f["done"][()].reshape(17, 21).astype(bool)
+        truth.append(np.where(done, raw, np.nan))
+    assert menu["cmin"] == pytest.approx(min(np.nanmin(t) for t in truth))
+    assert menu["cmax"] == pytest.approx(max(np.nanmax(t) for t in truth))
+    for z, t in zip(menu["z"], truth):
+        np.testing.assert_allclose(np.array(z, dtype=float), t)     # null (not done) comes back as nan
 
 
 def test_curve_and_analysis_pages_render_in_chromium(browser, tmp_path):

@@ -171,3 +171,17 @@ def test_labels_must_match_inputs_and_surf_name_must_exist(three, tmp_path, caps
     assert main(["export", "html", str(three[0]), "--out", str(tmp_path / "p.html"), "--surf-name", "nope"]) == 2
     err = capsys.readouterr().err
     assert "'nope'" in err and "train_loss" in err and "acc_O" in err
+
+
+@pytest.mark.parametrize("trace, density", [
+    (12.5, {"grid": [0, 1, 2], "values": [0.1, 0.5, 0.2]}),
+    ({"mean": 12.5, "stderr": 0.3, "samples": [12, 13]}, {"grid": [0, 1, 2], "density": [0.1, 0.5, 0.2], "sigma": 0.1}),
+    ([12.5, 0.3, [12, 13]], [[[0.5]], [[1.0]], [0, 1, 2], [0.1, 0.5, 0.2], 0.1]),   # analysis.hessian's tuples as JSON lists
+])
+def test_hessian_reader_takes_each_layout_of_trace_and_density(tmp_path, trace, density):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"eigenvalues": [3.0, 1.0], "trace": trace, "density": density}))
+    (s,) = read_hessian(path)
+    assert s.trace == 12.5 and s.label == "h"
+    np.testing.assert_array_equal(s.grid, [0, 1, 2])
+    np.testing.assert_array_equal(s.density, [0.1, 0.5, 0.2])

@@ -26,7 +26,7 @@ def register(sub) -> None:
     v.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix, e.g. runs/erm/surface")
     _height_args(v, many=False)
     v.add_argument("--zscale", type=float, default=None, metavar="S",
-                   help="z = S × height (default: the height range spans half the grid's width)")
+                   help="z = S × height (default: the height range spans half the grid's width; pass one S to compare surfaces)")
     v.add_argument("--screenshot", metavar="PNG", help="also render the scene with ParaView's pvbatch into PNG")
     v.add_argument("--size", nargs=2, type=int, default=[1280, 960], metavar=("W", "H"), help="screenshot size in pixels")
     v.set_defaults(run=run_vtk)

@@ -51,7 +51,7 @@ def contour_figure(surfaces: list[Surface], name: str = "train_loss", log: bool 
     norm = Normalize(lo, hi if hi > lo else lo + 1)
     n = len(surfaces)
     with rc_context(STYLE):
-        fig = Figure(figsize=(2.9 * n + 0.6, 5.8), layout="constrained")
+        fig = Figure(figsize=(2.9 * n + 0.6, 5.0), layout="constrained")
         axes3d = []
         for c, (s, label, h) in enumerate(zip(surfaces, labels, hs)):
             X, Y = np.meshgrid(s.x, s.y)
@@ -76,7 +76,7 @@ def contour_figure(surfaces: list[Surface], name: str = "train_loss", log: bool 
             ax.set_aspect("equal", adjustable="box")
             ax.set_title(label)
             ax3 = fig.add_subplot(2, n, n + c + 1, projection="3d")
-            ax3.plot_surface(X, Y, h.T, cmap=CMAP, norm=norm, linewidth=0, antialiased=True, rcount=80, ccount=80)
+            ax3.plot_surface(X, Y, h.T, cmap=CMAP, norm=norm, linewidth=0, edgecolor="none", antialiased=False, rcount=80, ccount=80)
             ax3.set_zlim(lo, hi if hi > lo else lo + 1)
             ax3.view_init(elev=32, azim=-58)
             ax3.set_xlabel(r"$\alpha$", labelpad=-6)

@@ -67,8 +67,8 @@ def surfaces_figure(surfaces: list[Surface], first: str = "train_loss", log: boo
     labels = labels or [s.label for s in surfaces]
     n = len(surfaces)
     fig = make_subplots(rows=2, cols=n, specs=[[{"type": "scene"}] * n, [{"type": "xy"}] * n],
-                        subplot_titles=labels + [""] * n, row_heights=[0.58, 0.42],
-                        vertical_spacing=0.06, horizontal_spacing=0.06)
+                        subplot_titles=labels + [""] * n, row_heights=[0.56, 0.44],
+                        vertical_spacing=0.1, horizontal_spacing=0.06)
     view = _array_view(surfaces, first, log, zmax)
     followers = []  # (trace index, kind, surface index): traces whose z follows the menu
     for c, (s, label, h) in enumerate(zip(surfaces, labels, view["hs"]), 1):
@@ -98,7 +98,7 @@ def surfaces_figure(surfaces: list[Surface], first: str = "train_loss", log: boo
         coloraxis=dict(colorscale="Viridis", cmin=view["lo"], cmax=view["hi"], colorbar=dict(title=dict(text=view["title"]), len=0.9)),
         height=900, width=max(700, 520 * n), margin=dict(l=40, r=40, t=90, b=40),
         legend=dict(orientation="h", x=0, y=1.06),
-        **{sc: dict(aspectmode="cube", xaxis_title="x", yaxis_title="y",
+        **{sc: dict(aspectmode="cube", xaxis_title="x", yaxis_title="y", camera=dict(eye=dict(x=-1.35, y=-1.6, z=1.0)),
                     zaxis=dict(title=dict(text=view["title"]), range=[view["lo"], view["hi"]])) for sc in scenes})
     buttons = []
     for name in names:

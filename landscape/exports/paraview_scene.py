@@ -1,6 +1,14 @@
 """PREFIX_scene.py: scene_template.py with its SCENE dict filled in (file names relative to the script,
 height range, level values, bounds, title), so one pvpython/pvbatch call goes from the files to a view."""
+import fcntl
 import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,7 @@ def scene_dict(files: dict, surface: Surface, surf_name: str, log: bool, h: np.n
     return {
         "ndim": surface.ndim,
         "surface": files["surface"].name,
+        "grid": files["grid"].name,
         "trajectory": files["trajectory"].name if "trajectory" in files else None,
         "colormap": COLORMAP,
         "range": [lo, hi if hi > lo else lo + 1.0],
@@ -50,27 +59,64 @@ def write_scene(prefix, files: dict, surface: Surface, surf_name: str, log: bool
     return path
 
 
-def render(scene, png, size=(1280, 960), timeout: float = 300) -> Path:
-    """Run the scene in ParaView's pvbatch (under xvfb-run when there is no display) and save a screenshot."""
-    import shutil
-    import subprocess
+@contextmanager
+def display():
+    """A DISPLAY for pvbatch: the user's, else a private Xvfb on a free display number (Xvfb -displayfd)."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise FaslandError("there is no display and no Xvfb for pvbatch; install xvfb (Debian: apt-get install xvfb xauth) or set DISPLAY")
+    r, w = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(w), "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        number, deadline = b"", time.monotonic() + 60
+        while not number.endswith(b"\n") and select.select([r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            chunk = os.read(r, 16)
+            if not chunk:
+                break
+            number += chunk
+        if not number.strip().isdigit():
+            raise FaslandError("Xvfb did not start a virtual display for pvbatch; run the scene yourself under xvfb-run")
+        yield f":{number.decode().strip()}"
+    finally:
+        os.close(r)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
+
+def render(scene, png, size=(1280, 960), timeout: float = 300, attempts: int = 3) -> Path:
+    """Run the scene in ParaView's pvbatch (on a private Xvfb when there is no display) and save a screenshot.
+
+    Debian's pvbatch sometimes fails to open its X connection ("bad X server connection") when another
+    pvbatch starts at the same moment, even on another display: renders of this machine take turns (a
+    file lock), and such a failure is retried."""
     pvbatch = shutil.which("pvbatch")
     if pvbatch is None:
         raise FaslandError("a screenshot needs ParaView's pvbatch on PATH (Debian: apt-get install paraview python3-paraview "
                            "xvfb xauth); the VTK files and the scene script are written, open them in ParaView instead")
-    cmd = [pvbatch, str(Path(scene).resolve()), "--screenshot", str(Path(png).resolve()), "--size", str(size[0]), str(size[1])]
-    if not os.environ.get("DISPLAY"):
-        xvfb = shutil.which("xvfb-run")
-        if xvfb is None:
-            raise FaslandError("there is no display and no xvfb-run for pvbatch; install xvfb and xauth, or set DISPLAY")
-        cmd = [xvfb, "-a"] + cmd
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise FaslandError(f"pvbatch did not finish {scene} within {timeout:.0f} s; open the scene in ParaView instead") from None
-    if run.returncode != 0 or not Path(png).is_file():
-        last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FaslandError(f"pvbatch could not render {scene} ({last}); open the scene in ParaView to see why")
-    return Path(png)
+    png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [pvbatch, str(Path(scene).resolve()), "--screenshot", str(png), "--size", str(size[0]), str(size[1])]
+    with open(os.path.join(tempfile.gettempdir(), "fasland-pvbatch.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for _ in range(attempts):
+            with display() as name:
+                try:
+                    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "DISPLAY": name})
+                except subprocess.TimeoutExpired:
+                    raise FaslandError(f"pvbatch did not finish {scene} within {timeout:.0f} s; open the scene in ParaView instead") from None
+            if "bad X server connection" not in run.stderr:
+                break
+    if run.returncode != 0 or not png.is_file():
+        text = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)   # pvbatch colours its log
+        lines = [ln for ln in text.splitlines() if "ERR" in ln or "Error" in ln] or ["no output"]
+        raise FaslandError(f"pvbatch could not render {scene} ({lines[-1].strip()[:200]}); open the scene in ParaView to see why")
+    return png

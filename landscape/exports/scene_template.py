@@ -103,6 +103,8 @@ def main(argv=None):
     view.Background = [1.0, 1.0, 1.0]
     set_if_present(view, "OrientationAxesLabelColor", [0.1, 0.1, 0.1])
     show_surface(pv, view)
+    # the structured grid with every array, in the pipeline browser for filters (not shown)
+    pv.XMLStructuredGridReader(registrationName=SCENE["grid"], FileName=[here(SCENE["grid"])])
     if SCENE.get("trajectory"):
         show_trajectory(pv, view)
     title = pv.Text(registrationName="title", Text=SCENE["title"])
