@@ -39,11 +39,13 @@ def test_run_directory_and_metrics(tmp_path):
     assert torch.equal(weights(run / "checkpoint.pt")["head.weight"], weights(run / "checkpoints/epoch_002.pt")["head.weight"])
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    train(tiny("sam"), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("method", ["sam", "rfm"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    config = tiny(method, augment="paper")
+    train(config, tmp_path / "a", progress=False)
 
-    from training.algorithms.sam import SAM
-    real, calls = SAM.update, {"n": 0}
+    from training.algorithms import ALGORITHMS
+    real, calls = ALGORITHMS[method].update, {"n": 0}
 
     def crash_in_epoch_two(self, minibatches):
         calls["n"] += 1
@@ -51,18 +53,21 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(self, minibatches)
 
-    monkeypatch.setattr(SAM, "update", crash_in_epoch_two)
+    monkeypatch.setattr(ALGORITHMS[method], "update", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny("sam"), tmp_path / "b", progress=False)
+        train(config, tmp_path / "b", progress=False)
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
-    monkeypatch.setattr(SAM, "update", real)
-    train(tiny("sam"), tmp_path / "b", progress=False)
+    monkeypatch.setattr(ALGORITHMS[method], "update", real)
+    train(config, tmp_path / "b", progress=False)
     a, b = weights(tmp_path / "a" / "checkpoint.pt"), weights(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "steps.jsonl").read_text() == (tmp_path / "b" / "steps.jsonl").read_text()
     # a finished run is not trained again
+    if method == "rfm":   # the depth head D resumes too
+        da, db = (torch.load(p / "checkpoint.pt", weights_only=True)["algorithm"]["depth_head"] for p in (tmp_path / "a", tmp_path / "b"))
+        assert all(torch.equal(da[k], db[k]) for k in da)
     before = (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns
-    train(tiny("sam"), tmp_path / "b", progress=False)
+    train(config, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "checkpoint.pt").stat().st_mtime_ns == before
 
 

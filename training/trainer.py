@@ -31,37 +31,51 @@ class SourceBatches:
         self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
+        self.with_depth = config["method"] == "rfm"
 
     def sample(self, g: torch.Generator) -> list[tuple]:
+        """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""
         out = []
         for dom in self.domains:
             idx = torch.randint(len(dom.labels), (self.batch,), generator=g)
-            x = dom.images[idx]
-            views = (augment(x, self.augment, g),) + ((augment(x, self.augment, g),) if self.two_views else ())
-            views = tuple(normalize(v).to(self.device) for v in views)
-            out.append((views[0], dom.labels[idx].to(self.device), *views[1:]))
+            x, depth = augment(dom.images[idx], self.augment, g, dom.depth[idx] if self.with_depth else None)
+            item = [normalize(x).to(self.device), dom.labels[idx].to(self.device)]
+            if self.two_views:
+                item.append(normalize(augment(dom.images[idx], self.augment, g)[0]).to(self.device))
+            if self.with_depth:
+                item.append(depth.to(self.device))
+            out.append(tuple(item))
         return out
 
 
-def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
-    """flip: random horizontal flip; paper: flip, rotation in ±15° and a cutout of a quarter of the side."""
-    if kind == "none":
-        return x
-    flip = torch.rand(len(x), generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if kind == "flip":
-        return x
-    n, _, h, w = x.shape
-    angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
+def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each uint8 image [N, C, H, W] by its angle (radians), reflecting at the border."""
+    n, c, h, w = x.shape
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-    grid = F.affine_grid(theta, (n, 3, h, w), align_corners=False)
-    x = F.grid_sample(x.float(), grid, padding_mode="reflection", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    return F.grid_sample(x.float(), grid, padding_mode="reflection", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
+def augment(x: torch.Tensor, kind: str, g: torch.Generator, depth: torch.Tensor | None = None):
+    """flip: random horizontal flip; paper: flip, rotation in ±15° and a cutout of a quarter of the side.
+    A depth map [N, h, w] follows the image's flip and rotation (not the cutout). Returns (x, depth)."""
+    if kind == "none":
+        return x, depth
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    depth = None if depth is None else torch.where(flip[:, None, None], depth.flip(-1), depth)
+    if kind == "flip":
+        return x, depth
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
+    x = rotate(x, angle)
+    depth = None if depth is None else rotate(depth[:, None], angle)[:, 0]
     side = max(1, h // 4)
     cy, cx = torch.randint(h, (n,), generator=g), torch.randint(w, (n,), generator=g)
     ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
     hole = ((ys - cy[:, None, None]).abs() <= side // 2) & ((xs - cx[:, None, None]).abs() <= side // 2)
-    return x.masked_fill(hole[:, None], 0)
+    return x.masked_fill(hole[:, None], 0), depth
 
 
 def evaluate(model, probe) -> dict:
@@ -158,6 +172,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
         state = load_checkpoint(resume)
         model.load_state_dict(state["model"])
         algo.optimizer.load_state_dict(state["optimizer"])
+        algo.load_extra_state(state["algorithm"])
         start, evaluations = state["epoch"], state["metrics"]["evaluations"]
         log.info(f"resumed from epoch {start}")
     steps_log = out / "steps.jsonl"
@@ -195,8 +210,9 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
             metrics = summarize(evaluations, t["eval_last"])
             if (epoch + 1) % t["save_every"] == 0 or epoch + 1 == t["epochs"]:
                 save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt", model, arch, config, epoch + 1, metrics)
-            save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict())
+            save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict(),
+                            algorithm=algo.extra_state())
     bar.close()
-    save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics)
+    save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics, algorithm=algo.extra_state())
     atomic_write_json(out / "metrics.json", metrics)
     return metrics

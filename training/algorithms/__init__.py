@@ -2,10 +2,11 @@
 from training.algorithms.base import BASE_HPARAMS, Algorithm
 from training.algorithms.erm import ERM
 from training.algorithms.gacfas import GACFAS
+from training.algorithms.rfm import RFM
 from training.algorithms.sam import SAM
 from training.errors import FaslandError
 
-ALGORITHMS = {"erm": ERM, "sam": SAM, "gacfas": GACFAS}
+ALGORITHMS = {"erm": ERM, "sam": SAM, "gacfas": GACFAS, "rfm": RFM}
 
 
 def make_algorithm(name: str, model, num_domains: int, hparams: dict | None = None) -> Algorithm:

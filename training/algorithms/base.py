@@ -92,6 +92,13 @@ class Algorithm:
 
     # ---- one step -------------------------------------------------------------------------------------
 
+    def extra_state(self) -> dict:
+        """Tensors a method keeps beside the model (RFM's depth head); saved in checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
     def update(self, minibatches) -> dict:
         """One optimizer step; returns loss, loss_<i> (and gnorm_<i>, cos_<i>_<j>, loss_supcon when computed)."""
         batch = self.batch(minibatches)
