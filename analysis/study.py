@@ -1,0 +1,366 @@
+"""`fasland study`: train the methods of a protocol, then measure and show them side by side.
+
+Every step is one of the suite's own commands, so a study is exactly what a user could run by hand;
+each command resumes or skips finished work, so rerunning a study is quick.
+"""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from training.data.protocols import PROTOCOLS
+from training.errors import FaslandError
+
+# Grid sizes and probe sizes per preset: `demo` fits the whole study in minutes on a 2-core CPU.
+SETTINGS = {
+    "demo": {"x1d": "-1:1:21", "x2d": "-1:1:11", "interpolation": "-0.5:1.5:21", "pca_points": 11,
+             "max_samples": 96, "top_k": 3, "trace_samples": 20, "density_iter": 0},
+    "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
+              "max_samples": 1024, "top_k": 5, "trace_samples": 100, "density_iter": 80},
+}
+LEAVE_ONE_OUT = ("ICM2O", "OCM2I", "OCI2M", "OMI2C")
+LABELS = {"erm": "ERM", "sam": "SAM", "gacfas": "GAC-FAS", "rfm": "RFM"}
+WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("study", help="train methods side by side, then surfaces, sharpness, conflicts, views and a report",
+                       description="The whole comparison in one command: trains each method (reusing finished runs), "
+                                   "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
+                                   "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
+                                   "view and writes report.md / report.html. Rerunning resumes.")
+    p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
+    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
+    p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
+    p.add_argument("--data", default=None, help="'synth' (default) or the root of the real datasets")
+    p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
+    p.add_argument("--out", required=True, help="study directory")
+    p.set_defaults(run=run_study)
+
+
+def run_study(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in LABELS]
+    if unknown or not methods:
+        raise FaslandError(f"unknown method(s) {', '.join(unknown) or '(none)'} in --methods; use a comma-separated list of {', '.join(LABELS)}")
+    protocols = LEAVE_ONE_OUT if args.protocol == "all" else (args.protocol,)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise FaslandError(f"unknown protocol '{p}'; use one of {', '.join(PROTOCOLS)} or 'all'")
+    out = Path(args.out)
+    started = time.time()
+    reports = [Study(p, methods, args.preset, out / p if len(protocols) > 1 else out, args).run() for p in protocols]
+    print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
+    return 0
+
+
+def cli(argv: list[str]) -> None:
+    """Run one fasland command; a failure stops the study (rerunning resumes from there)."""
+    from analysis.cli import main
+
+    if main([str(a) for a in argv]) != 0:
+        raise FaslandError(f"study step 'fasland {' '.join(str(a) for a in argv[:2])} …' failed (see above); fix it and rerun the study to resume")
+
+
+class Study:
+    """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
+
+    def __init__(self, protocol: str, methods: list[str], preset: str, out: Path, args):
+        self.protocol, self.methods, self.preset, self.out, self.args = protocol, methods, preset, out, args
+        self.s = SETTINGS[preset]
+        self.views = out / "views"
+        self.step = 0
+
+    def say(self, what: str) -> None:
+        self.step += 1
+        print(f"\n[{self.protocol} {self.step}] {what}", flush=True)
+
+    def run_dir(self, m: str) -> Path:
+        return self.out / m
+
+    def ckpt(self, m: str) -> Path:
+        return self.run_dir(m) / "checkpoint.pt"
+
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for m in self.methods:
+            self.train(m)
+        for m in self.methods:
+            self.landscapes(m)
+        self.interpolations()
+        for m in self.methods:
+            self.sharpness(m)
+            self.conflicts(m)
+        self.export_views()
+        return self.report()
+
+    # ---- training -----------------------------------------------------------------------------
+    def train(self, m: str) -> None:
+        self.say(f"train {LABELS[m]}")
+        argv = ["train", "--protocol", self.protocol, "--method", m, "--preset", self.preset,
+                "--device", self.args.device, "--out", self.run_dir(m)]
+        argv += ["--data", self.args.data] if self.args.data else []
+        argv += ["--config", self.args.config] if self.args.config else []
+        cli(argv)
+
+    # ---- surfaces -----------------------------------------------------------------------------
+    def surface(self, m: str, name: str, *flags) -> Path:
+        out = self.run_dir(m) / f"{name}.h5"
+        cli(["surface", "--checkpoint", self.ckpt(m), *flags, "--max-samples", self.s["max_samples"],
+             "--device", self.args.device, "--out", out])
+        return out
+
+    def landscapes(self, m: str) -> None:
+        """1-D and 2-D filter-normalized surfaces on shared directions (same seed, normalized to each
+        model), then the plane of the trajectory's top-2 PCA directions with the path projected."""
+        self.say(f"surfaces of {LABELS[m]}: 1-D, 2-D, trajectory PCA plane")
+        self.surface(m, "surface_1d", "--x", self.s["x1d"], "--seed", 0)
+        self.surface(m, "surface_2d", "--x", self.s["x2d"], "--y", self.s["x2d"], "--seed", 0)
+        dirs = self.run_dir(m) / "pca.dirs.h5"
+        if not dirs.exists():
+            from landscape.directions import pca_directions, save_directions, trajectory_checkpoints
+            from training.checkpoint import load_model
+
+            model, _ = load_model(self.ckpt(m))
+            save_directions(dirs, pca_directions(model, trajectory_checkpoints(self.run_dir(m))))
+        with h5py.File(dirs, "r") as f:
+            px, py = np.asarray(f["proj_xcoord"]), np.asarray(f["proj_ycoord"])
+        n = self.s["pca_points"]
+        self.surface(m, "surface_pca", "--dir-file", dirs, "--x", axis_around(px, n), "--y", axis_around(py, n))
+
+    def interpolations(self) -> None:
+        """θ_a → θ_b for the first method against each other: a = 0 is the first, a = 1 the other."""
+        first = self.methods[0]
+        for m in self.methods[1:]:
+            self.say(f"interpolation {LABELS[first]} → {LABELS[m]}")
+            cli(["surface", "--checkpoint", self.ckpt(first), "--model2", self.ckpt(m), "--x", self.s["interpolation"],
+                 "--max-samples", self.s["max_samples"], "--device", self.args.device,
+                 "--out", self.out / f"interpolation_{first}_{m}.h5"])
+
+    # ---- sharpness and conflict ---------------------------------------------------------------
+    def fresh(self, path: Path, m: str) -> bool:
+        """A result file made from this very checkpoint (its sha256 in the provenance) is reused."""
+        from training.checkpoint import file_hash
+
+        if not path.exists():
+            return False
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return find_key(data, "checkpoint_sha256") == file_hash(self.ckpt(m))
+
+    def sharpness(self, m: str) -> None:
+        self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} eigenvalues, trace, per-domain λ_max")
+        out = self.run_dir(m) / "hessian.json"
+        if self.fresh(out, m):
+            return
+        argv = ["hessian", "--checkpoint", self.ckpt(m), "--top-k", self.s["top_k"], "--trace", "--per-domain",
+                "--max-samples", self.s["max_samples"], "--device", self.args.device, "--out", out]
+        argv += ["--density"] if self.s["density_iter"] else []
+        cli(argv)
+
+    def conflicts(self, m: str) -> None:
+        self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
+        out = self.run_dir(m) / "conflicts.json"
+        if self.fresh(out, m):
+            return
+        cli(["conflicts", "--checkpoint", self.ckpt(m), "--at", "both", "--trajectory", self.run_dir(m),
+             "--max-samples", self.s["max_samples"], "--device", self.args.device, "--out", out])
+
+    # ---- views --------------------------------------------------------------------------------
+    def export_views(self) -> None:
+        self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
+        v, ms = self.views, self.methods
+        labels = ",".join(LABELS[m] for m in ms)
+        by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d", "surface_pca")}
+        for m in ms:
+            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--out", v / f"{m}_surface_2d"])
+            cli(["export", "vtk", self.run_dir(m) / "surface_pca.h5", "--out", v / f"{m}_surface_pca"])
+        cli(["export", "png", *by["surface_2d"], "--labels", labels, "--out", v / "surfaces_2d.png"])
+        cli(["export", "png", *by["surface_1d"], "--labels", labels, "--out", v / "curves_1d.png"])
+        cli(["export", "png", *by["surface_pca"], "--labels", labels, "--out", v / "trajectory_pca.png"])
+        interps = [self.out / f"interpolation_{ms[0]}_{m}.h5" for m in ms[1:]]
+        if interps:
+            cli(["export", "png", *interps, "--labels", ",".join(f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]),
+                 "--out", v / "interpolations.png"])
+        cli(["export", "html", *by["surface_2d"], "--labels", labels, "--title", f"{self.protocol}: 2-D loss surfaces", "--out", v / "surfaces_2d.html"])
+        cli(["export", "html", *by["surface_1d"], "--labels", labels, "--title", f"{self.protocol}: 1-D loss curves", "--out", v / "curves_1d.html"])
+        cli(["export", "html", *by["surface_pca"], "--labels", labels, "--title", f"{self.protocol}: trajectory PCA planes", "--out", v / "trajectory_pca.html"])
+        cli(["export", "html", *[self.run_dir(m) / "hessian.json" for m in ms], "--labels", labels,
+             "--title", f"{self.protocol}: Hessian spectra", "--out", v / "hessian.html"])
+        cli(["export", "html", *[self.run_dir(m) / "conflicts.json" for m in ms], "--labels", labels,
+             "--title", f"{self.protocol}: gradient conflicts", "--out", v / "conflicts.html"])
+        self.screenshot()
+        if self.args.figures:
+            figs = Path(self.args.figures)
+            figs.mkdir(parents=True, exist_ok=True)
+            for name in ("surfaces_2d.png", "curves_1d.png", "trajectory_pca.png", "paraview.png"):
+                if (v / name).exists():
+                    shutil.copyfile(v / name, figs / name)
+
+    def screenshot(self) -> None:
+        """A ParaView rendering of the last method's 2-D surface, where ParaView is installed."""
+        if shutil.which("pvbatch") is None or shutil.which("xvfb-run") is None and shutil.which("Xvfb") is None:
+            print("ParaView (pvbatch) not found: skipping the screenshot; install Debian's paraview to get it")
+            return
+        shot = self.views / "paraview.png"
+        if not shot.exists():
+            m = self.methods[-1]
+            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--out", self.views / f"{m}_surface_2d", "--screenshot", shot])
+
+    # ---- report -------------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        """One row per method, every number read from the result files."""
+        rows = []
+        for m in self.methods:
+            d = self.run_dir(m)
+            final = json.loads((d / "metrics.json").read_text())["final"]
+            hess = json.loads((d / "hessian.json").read_text())
+            conf = json.loads((d / "conflicts.json").read_text())
+            rows.append({"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
+                         "source_hter": final["sources"]["hter"],
+                         **hessian_numbers(hess), **conflict_numbers(conf),
+                         "width": surface_width(d / "surface_1d.h5", WIDTH_DELTA)})
+        return rows
+
+    def report(self) -> Path:
+        self.say("report")
+        rows = self.rows()
+        domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
+        head = ("| method | target HTER | target AUC | source HTER | λ_max | trace | conflict at θ | conflict at ascent | "
+                f"width at +{WIDTH_DELTA} |\n|---|---|---|---|---|---|---|---|---|\n")
+        table = head + "".join(
+            f"| {r['method']} | {pct(r['hter'])} | {pct(r['auc'])} | {pct(r['source_hter'])} | {num(r['lambda_max'])} | "
+            f"{num(r['trace'])} | {num(r['conflict_theta'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
+            for r in rows)
+        if domains:
+            table += ("\nλ_max per domain (sources, then the target):\n\n| method | " + " | ".join(domains) + " |\n|---|"
+                      + "---|" * len(domains) + "\n" + "".join(
+                          f"| {r['method']} | " + " | ".join(num(r['lambda_domain'].get(dd)) for dd in domains) + " |\n" for r in rows))
+        figures = [(n, t) for n, t in (("surfaces_2d.png", "2-D filter-normalized loss surfaces (shared levels)"),
+                                       ("curves_1d.png", "1-D curves, every domain"),
+                                       ("trajectory_pca.png", "training path on its PCA plane"),
+                                       ("interpolations.png", "linear interpolation between methods"),
+                                       ("paraview.png", "ParaView rendering")) if (self.views / n).exists()]
+        pages = [n for n in ("surfaces_2d.html", "curves_1d.html", "trajectory_pca.html", "hessian.html", "conflicts.html")
+                 if (self.views / n).exists()]
+        md = (f"# fasland study: {self.protocol} ({self.preset} preset)\n\n{table}\n"
+              "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the 1-D "
+              f"interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).\n\n"
+              + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
+              + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
+        (self.out / "report.md").write_text(md)
+        html = report_html(self.protocol, self.preset, table, figures, pages)
+        (self.out / "report.html").write_text(html)
+        print(table)
+        print(f"report: {self.out / 'report.md'} and {self.out / 'report.html'}")
+        return self.out / "report.md"
+
+
+def axis_around(values: np.ndarray, n: int) -> str:
+    """A MIN:MAX:N axis covering the projected path with a 25% margin on each side."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    pad = max(0.25 * (hi - lo), 1e-3)
+    return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
+
+
+def find_key(data, key):
+    """The first value of `key` anywhere in nested dicts (provenance blocks differ by command)."""
+    if isinstance(data, dict):
+        if key in data:
+            return data[key]
+        for v in data.values():
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def hessian_numbers(h: dict) -> dict:
+    """λ_max, the trace estimate and per-domain λ_max from a `fasland hessian` JSON."""
+    eig = h.get("eigenvalues") or []
+    trace = h.get("trace")
+    trace = trace.get("mean") if isinstance(trace, dict) else trace
+    per = h.get("per_domain") or {}
+    lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
+    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam}
+
+
+def conflict_numbers(c: dict) -> dict:
+    """Mean conflict at θ and at the GAC-FAS ascent points from a `fasland conflicts` JSON."""
+    def score(block):
+        return block.get("conflict") if isinstance(block, dict) else None
+    return {"conflict_theta": score(c.get("theta")), "conflict_ascent": score(c.get("gacfas_ascent", c.get("ascent")))}
+
+
+def surface_width(path: Path, delta: float) -> tuple[float, bool]:
+    """Length of the interval around a = 0 where train_loss(a) ≤ train_loss(0) + delta, crossings found by
+    linear interpolation; the flag is True when the interval reaches the grid's end (a lower bound)."""
+    with h5py.File(path, "r") as f:
+        a, loss = np.asarray(f["xcoordinates"]), np.asarray(f["train_loss"])
+    i0 = int(np.argmin(np.abs(a)))
+    level = loss[i0] + delta
+    ok = np.isfinite(loss) & (loss <= level)
+
+    def edge(step):
+        i = i0
+        while 0 <= i + step < len(a) and ok[i + step]:
+            i += step
+        if not 0 <= i + step < len(a):
+            return a[i], True
+        j = i + step   # first point above the level: interpolate the crossing
+        if not np.isfinite(loss[j]):
+            return a[i], False
+        t = (level - loss[i]) / (loss[j] - loss[i])
+        return a[i] + t * (a[j] - a[i]), False
+
+    (lo, open_lo), (hi, open_hi) = edge(-1), edge(+1)
+    return float(hi - lo), open_lo or open_hi
+
+
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def num(v, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def width_text(w) -> str:
+    value, open_ended = w
+    return f"≥ {value:.3g}" if open_ended else f"{value:.3g}"
+
+
+def report_html(protocol: str, preset: str, table_md: str, figures, pages) -> str:
+    """The report as one HTML page (the table converted from its markdown, figures beside it)."""
+    import html
+
+    blocks, current = [], []
+    for l in table_md.splitlines():
+        if l.startswith("|"):
+            current.append(l)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    tables = ""
+    for block in blocks:
+        rows = [[html.escape(c.strip()) for c in l.strip("|").split("|")] for l in block if not l.startswith("|---")]
+        tables += "<table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:]) + "</table>\n"
+    figs = "".join(f'<figure><img src="views/{n}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption></figure>' for n, t in figures)
+    links = " · ".join(f'<a href="views/{n}">{n}</a>' for n in pages)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>fasland study {protocol}</title><style>"
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}figure{margin:1em 0}</style></head>"
+            f"<body><h1>fasland study: {protocol} ({preset} preset)</h1>{tables}"
+            "<p>Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the "
+            f"1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).</p>"
+            f"<p>Interactive pages: {links}</p>{figs}</body></html>")
