@@ -77,18 +77,29 @@ def write_hessian(path, label="erm", scale=1.0):
     return data
 
 
-def write_conflicts(path, label="gacfas", epochs=5):
+def write_conflicts(path, label="gacfas", epochs=5, simple=False):
+    """analysis.conflicts' layout: theta / sam / gacfas{points, generalization}, each with a k×k `cosines`
+    and its `conflict`; a `trajectory` of such records over epochs. simple=True: a bare {cosines: {theta, ascent}}."""
     k = len(DOMAINS)
     rng = np.random.default_rng(0)
 
-    def matrix():
+    def record():
         m = rng.uniform(-0.6, 0.9, (k, k))
         m = (m + m.T) / 2
         np.fill_diagonal(m, 1.0)
-        return m.round(4).tolist()
+        iu = np.triu_indices(k, 1)
+        return {"cosines": m.round(4).tolist(), "norms": [1.0] * k, "conflict": float(np.maximum(0, -m[iu]).mean())}
 
-    data = {"method": label, "domains": list(DOMAINS), "cosines": {"theta": matrix(), "ascent": matrix()},
-            "trajectory": [{"epoch": e, "cosines": {"theta": matrix()}} for e in range(1, epochs + 1)]}
+    def full():
+        return {"domains": list(DOMAINS), "theta": record(), "sam": {"rho": 0.1, **record()},
+                "gacfas": {"rho": 0.1, "points": {d: record() for d in DOMAINS}, "generalization": record(),
+                           "alignment": {d: 0.5 for d in DOMAINS}}}
+
+    if simple:
+        data = {"method": label, "domains": list(DOMAINS), "cosines": {"theta": record()["cosines"], "ascent": record()["cosines"]},
+                "trajectory": [{"epoch": e, "cosines": {"theta": record()["cosines"]}} for e in range(1, epochs + 1)]}
+    else:
+        data = {"method": label, **full(), "trajectory": [{"epoch": e, **full()} for e in range(1, epochs + 1)]}
     with open(path, "w") as f:
         json.dump(data, f)
     return data

@@ -227,5 +227,5 @@ def test_curve_and_analysis_pages_render_in_chromium(browser, tmp_path):
         else:
             hess, confl = report["plots"]
             assert hess["traces"] == hess["lines"] == 2 * 5   # two files × (density, eigenvalues, 3 domains)
-            assert confl["heatmaps"] == 2 and confl["lines"] == 3     # θ and ascent heatmaps, 3 pairs over epochs
+            assert confl["heatmaps"] == 6 and confl["lines"] == 8     # 6 points' heatmaps; θ's 3 pairs + 5 means over epochs
         assert hue(img).sum() > 5000 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200, name   # curves, heatmaps drawn

@@ -127,11 +127,15 @@ def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     np.testing.assert_array_equal(spectra[0].density, d1["density"]["values"])
     assert spectra[0].trace == d1["trace"]
     conf = read_conflicts(c)
-    assert conf.domains == ["I", "C", "M"] and list(conf.matrices) == ["theta", "ascent"]
-    np.testing.assert_array_equal(conf.matrices["ascent"], dc["cosines"]["ascent"])
+    assert conf.domains == ["I", "C", "M"] and conf.label == "gacfas"
+    assert list(conf.matrices) == ["theta", "sam", "ascent I", "ascent C", "ascent M", "generalization"]
+    np.testing.assert_array_equal(conf.matrices["ascent C"], dc["gacfas"]["points"]["C"]["cosines"])
+    np.testing.assert_array_equal(conf.matrices["sam"], dc["sam"]["cosines"])
+    assert conf.scores["theta"] == dc["theta"]["conflict"]
     np.testing.assert_array_equal(conf.epochs, [1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(conf.over_epochs["theta"][:, 0, 2], [e["cosines"]["theta"][0][2] for e in dc["trajectory"]])
-
+    np.testing.assert_array_equal(conf.over_epochs["theta"][:, 0, 2], [e["theta"]["cosines"][0][2] for e in dc["trajectory"]])
+    np.testing.assert_array_equal(conf.over_epochs["ascent M"][:, 1, 2],
+                                  [e["gacfas"]["points"]["M"]["cosines"][1][2] for e in dc["trajectory"]])
     from landscape.exports.html_page import conflicts_figure, hessian_figure
     hf = hessian_figure(read_hessian(h1) + read_hessian(h2))
     dens = [t for t in hf.data if t.xaxis == "x"]
@@ -139,17 +143,30 @@ def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     np.testing.assert_allclose(dens[1].y, d2["density"]["values"])
     cf = conflicts_figure([conf])
     heat = [t for t in cf.data if t.type == "heatmap"]
-    assert len(heat) == 2 and cf.layout.coloraxis.cmin == -1 and cf.layout.coloraxis.cmax == 1
+    assert len(heat) == 6 and cf.layout.coloraxis.cmin == -1 and cf.layout.coloraxis.cmax == 1
+    np.testing.assert_array_equal(heat[4].z, dc["gacfas"]["points"]["M"]["cosines"])
     lines = [t for t in cf.data if t.type == "scatter"]
-    assert len(lines) == 3                                    # the pairs I–C, I–M, C–M
+    assert [t.name for t in lines[:3]] == ["theta: I–C", "theta: I–M", "theta: C–M"]
+    assert len(lines) == 3 + 5                                # θ's pairs, then the mean pair cosine at 5 other points
+    k = [[np.mean([e["sam"]["cosines"][a][b] for a, b in ((0, 1), (0, 2), (1, 2))]) for e in dc["trajectory"]]]
+    np.testing.assert_allclose(lines[3].y, k[0])
     out = tmp_path / "analysis.html"
     assert main(["export", "html", str(h1), str(h2), str(c), "--out", str(out)]) == 0
     assert out.stat().st_size > 2_000_000
 
 
+def test_simple_conflict_layout_is_read_too(tmp_path):
+    path = tmp_path / "c.json"
+    dc = write_conflicts(path, simple=True)
+    conf = read_conflicts(path)
+    assert list(conf.matrices) == ["theta", "ascent"] and list(conf.over_epochs) == ["theta"]
+    np.testing.assert_array_equal(conf.matrices["ascent"], dc["cosines"]["ascent"])
+
+
 @pytest.mark.parametrize("content, words", [
     ("{not json", ["not readable JSON"]),
     ('{"loss": 1}', ["neither a Hessian file", "nor a conflicts file"]),
+    ('{"theta": {"norms": [1, 2]}}', ["no k×k cosine matrix"]),
     ("[1, 2]", ["not an object"]),
     (None, ["not found"]),
 ])

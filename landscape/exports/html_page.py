@@ -187,36 +187,65 @@ def hessian_figure(spectra: list[Spectrum]) -> go.Figure:
     return fig
 
 
-def conflicts_figure(items: list[Conflicts]) -> go.Figure:
-    """One row per file: a cosine heatmap per point (θ, ascent points), then each pair's cosine over epochs."""
-    ncols = max(len(c.matrices) + (1 if c.over_epochs else 0) for c in items)
-    titles = []
+POINT_TITLES = {"theta": "θ", "sam": "SAM ascent", "generalization": "∇L(θ_i; S) over i"}
+
+
+def point_title(point: str) -> str:
+    """θ, SAM's ascent point, GAC-FAS's ascent point θ_D of domain D, or the generalization gradients."""
+    if point.startswith("ascent "):
+        return f"θ_{point[7:]} ascent"
+    return POINT_TITLES.get(point, point)
+
+
+def conflicts_figure(items: list[Conflicts], per_row: int = 4) -> go.Figure:
+    """Per file: the cosine heatmap of each point (θ, ascent points), `per_row` to a row, then the cosines over
+    epochs on a full row — every pair at the first point (solid), the mean pair cosine at the others (dashed)."""
+    specs, titles, rows = [], [], []
     for c in items:
-        row = [f"{c.label}: cos at {p}" for p in c.matrices] + ([f"{c.label}: over epochs"] if c.over_epochs else [])
-        titles += row + [""] * (ncols - len(row))
-    fig = make_subplots(rows=len(items), cols=ncols, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16)
-    for r, c in enumerate(items, 1):
-        for col, (point, m) in enumerate(c.matrices.items(), 1):
-            fig.add_trace(go.Heatmap(z=as_list(m), x=c.domains, y=c.domains, coloraxis="coloraxis", texttemplate="%{z:.2f}",
-                                     hovertemplate="cos(g_%{y}, g_%{x}) = %{z:.3f}<extra>" + f"{c.label} · {point}</extra>"),
-                          row=r, col=col)
-            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if (r - 1) * ncols + col == 1 else (r - 1) * ncols + col}",
-                             row=r, col=col)
+        points = list(c.matrices)
+        for start in range(0, len(points), per_row):
+            chunk = points[start:start + per_row]
+            specs.append([{}] * len(chunk) + [None] * (per_row - len(chunk)))
+            titles += [f"{c.label} · {point_title(p)}" + (f" · conflict {c.scores[p]:.3f}" if p in c.scores else "") for p in chunk]
+            rows.append(("heatmaps", c, chunk))
         if c.over_epochs:
-            col = len(c.matrices) + 1
-            k, dash = len(c.domains), ["solid", "dash", "dot", "dashdot"]
-            for pi, (point, series) in enumerate(c.over_epochs.items()):
-                for a in range(k):
-                    for b in range(a + 1, k):
-                        name = f"{point}: {c.domains[a]}–{c.domains[b]}"
-                        fig.add_trace(go.Scatter(x=as_list(c.epochs), y=as_list(series[:, a, b]), mode="lines+markers", name=name,
-                                                 line=dict(color=PALETTE[(a * k + b) % len(PALETTE)], dash=dash[pi % 4]),
-                                                 hovertemplate="epoch %{x}<br>cos=%{y:.3f}<extra>" + f"{c.label} · {name}</extra>"),
-                                      row=r, col=col)
-            fig.update_xaxes(title_text="epoch", row=r, col=col)
-            fig.update_yaxes(title_text="cosine", range=[-1.05, 1.05], row=r, col=col)
-    fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar=dict(title=dict(text="cosine"), x=1.02)),
-                      legend=dict(orientation="h", x=0, y=-0.12 / len(items)), height=440 * len(items) + 40, width=max(800, 430 * ncols), margin=dict(l=60, r=40, t=70, b=50))
+            specs.append([{"colspan": per_row}] + [None] * (per_row - 1))
+            titles.append(f"{c.label}: cosines over epochs")
+            rows.append(("epochs", c, None))
+    heights = [300 if kind == "heatmaps" else 340 for kind, _, _ in rows]
+    fig = make_subplots(rows=len(rows), cols=per_row, specs=specs, subplot_titles=titles, horizontal_spacing=0.06,
+                        vertical_spacing=min(0.3, 90 / sum(heights)), row_heights=heights)
+    shown = set()
+    for r, (kind, c, chunk) in enumerate(rows, 1):
+        if kind == "heatmaps":
+            for col, point in enumerate(chunk, 1):
+                fig.add_trace(go.Heatmap(z=as_list(c.matrices[point]), x=c.domains, y=c.domains, coloraxis="coloraxis",
+                                         texttemplate="%{z:.2f}",
+                                         hovertemplate="cos(g_%{y}, g_%{x}) = %{z:.3f}<extra>" + f"{c.label} · {point}</extra>"),
+                              row=r, col=col)
+                fig.update_yaxes(autorange="reversed", scaleanchor=fig.data[-1].xaxis, row=r, col=col)
+            continue
+        k = len(c.domains)
+        pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+        for pi, (point, series) in enumerate(c.over_epochs.items()):
+            if pi == 0:
+                lines = [(f"{point}: {c.domains[a]}–{c.domains[b]}", series[:, a, b], "solid", PALETTE[j % len(PALETTE)])
+                         for j, (a, b) in enumerate(pairs)]
+            else:
+                mean = np.mean([series[:, a, b] for a, b in pairs], axis=0)
+                lines = [(f"{point}: mean pair", mean, "dash", PALETTE[(len(pairs) + pi) % len(PALETTE)])]
+            for name, y, dash, color in lines:
+                fig.add_trace(go.Scatter(x=as_list(c.epochs), y=as_list(y), mode="lines+markers", name=name, legendgroup=name,
+                                         showlegend=name not in shown, line=dict(color=color, dash=dash),
+                                         hovertemplate="epoch %{x}<br>cos=%{y:.3f}<extra>" + f"{c.label} · {name}</extra>"),
+                              row=r, col=1)
+                shown.add(name)
+        fig.update_xaxes(title_text="epoch", tickformat="d", row=r, col=1)
+        fig.update_yaxes(title_text="cosine", range=[-1.05, 1.05], row=r, col=1)
+    fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar=dict(title=dict(text="cosine"), len=0.5, y=1, yanchor="top")),
+                      legend=dict(orientation="h", x=0, y=-40 / sum(heights), yanchor="top"), height=sum(heights) + 200,
+                      width=1100, margin=dict(l=60, r=40, t=60, b=110))
+    fig.update_annotations(font_size=11)
     return fig
 
 

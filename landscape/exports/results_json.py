@@ -14,7 +14,7 @@ import numpy as np
 from training.errors import FaslandError
 
 HESSIAN_KEYS = ("eigenvalues", "trace", "density")
-CONFLICT_KEYS = ("cosines", "conflicts", "trajectory")
+CONFLICT_KEYS = ("cosines", "theta", "sam", "gacfas", "trajectory")
 
 
 def read_json(path) -> dict:
@@ -44,12 +44,16 @@ def kind(data: dict, path) -> str:
 
 
 def label_of(data: dict, path) -> str:
+    """The method named in the file, else the run folder of its checkpoint, else the file stem."""
     for key in ("method", "label", "name"):
         if isinstance(data.get(key), str) and data[key].strip():
             return data[key]
     config = data.get("config") or {}
     if isinstance(config, dict) and isinstance(config.get("method"), str):
         return config["method"]
+    ckpt = Path(str(data.get("checkpoint", "")))
+    if ckpt.name == "checkpoint.pt" and ckpt.parent.name not in ("", "."):
+        return ckpt.parent.name
     return Path(path).stem
 
 
@@ -107,65 +111,74 @@ def read_hessian(path, data: dict | None = None) -> list[Spectrum]:
 class Conflicts:
     label: str
     domains: list
-    matrices: dict = field(default_factory=dict)   # point name -> k×k cosine matrix
+    matrices: dict = field(default_factory=dict)     # point -> k×k cosine matrix
+    scores: dict = field(default_factory=dict)       # point -> conflict score (mean over pairs of max(0, −cos))
     epochs: np.ndarray | None = None
-    over_epochs: dict = field(default_factory=dict)  # point name -> (n_epochs, k, k)
+    over_epochs: dict = field(default_factory=dict)  # point -> (n_epochs, k, k)
 
 
-def _matrices(v, default_name: str) -> dict:
-    """{point: k×k} from a bare matrix, a dict of matrices, or a dict holding a list of matrices (one per ascent point)."""
-    out = {}
-    if isinstance(v, dict):
-        for name, m in v.items():
-            if isinstance(m, dict) and "cosines" in m:
-                m = m["cosines"]
-            a = np.asarray(m, dtype=float) if isinstance(m, list) else None
-            if a is None:
-                continue
-            if a.ndim == 2 and a.shape[0] == a.shape[1]:
-                out[str(name)] = a
-            elif a.ndim == 3 and a.shape[1] == a.shape[2]:
-                out.update({f"{name} {i}": a[i] for i in range(len(a))})
-    elif isinstance(v, list):
-        a = np.asarray(v, dtype=float)
-        if a.ndim == 2 and a.shape[0] == a.shape[1]:
-            out[default_name] = a
-    return out
+def _square(m) -> np.ndarray | None:
+    try:
+        a = np.asarray(m, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return a if a.ndim == 2 and a.shape[0] == a.shape[1] and a.size else None
+
+
+def point_matrices(d: dict) -> tuple[dict, dict]:
+    """({point: k×k cosines}, {point: conflict score}) of one conflicts record. Points: `theta`, `sam`
+    (SAM's ascent point), `ascent <D>` (GAC-FAS's θ_D), `generalization` (∇L(θ_i; S) across i); a bare
+    `cosines` matrix (or dict of them) is also read, named by `at`."""
+    mats, scores = {}, {}
+
+    def put(name, rec):
+        if isinstance(rec, dict):
+            m = _square(rec.get("cosines"))
+            if m is not None:
+                mats[name] = m
+                if isinstance(rec.get("conflict"), (int, float)):
+                    scores[name] = float(rec["conflict"])
+        elif (m := _square(rec)) is not None:
+            mats[name] = m
+
+    c = d.get("cosines")
+    if isinstance(c, dict):
+        for name, rec in c.items():
+            put(str(name), rec)
+    elif c is not None:
+        put(str(d.get("at", "theta")), c)
+    for key in ("theta", "sam"):
+        if key in d:
+            put(key, d[key])
+    ga = d.get("gacfas", d.get("ascent"))
+    if isinstance(ga, dict):
+        for name, rec in (ga.get("points") or {}).items():
+            put(f"ascent {name}", rec)
+        if "generalization" in ga:
+            put("generalization", ga["generalization"])
+    elif ga is not None:
+        put("ascent", ga)
+    return mats, scores
 
 
 def read_conflicts(path, data: dict | None = None) -> Conflicts:
     data = read_json(path) if data is None else data
-    at = str(data.get("at", "theta"))
-    matrices = {}
-    for key in ("cosines", "conflicts"):
-        if key in data:
-            matrices.update(_matrices(data[key], at))
-    for point in ("theta", "ascent"):  # files that keep each point at the top level
-        if isinstance(data.get(point), (list, dict)):
-            sub = data[point]
-            matrices.update(_matrices(sub.get("cosines", sub) if isinstance(sub, dict) else sub, point))
+    matrices, scores = point_matrices(data)
     k = next((len(m) for m in matrices.values()), None)
     epochs, over = None, {}
     traj = data.get("trajectory")
     if isinstance(traj, list) and traj:
-        rows = []
-        for i, entry in enumerate(traj):
-            if isinstance(entry, dict):
-                e = entry.get("epoch", i)
-                mats = _matrices(entry.get("cosines", {k2: v for k2, v in entry.items() if k2 != "epoch"}), at)
-            else:
-                e, mats = i, _matrices(entry, at)
-            if mats:
-                rows.append((e, mats))
-        names = [n for n in (rows[0][1] if rows else {}) if all(n in m for _, m in rows)]
-        if rows and names:
+        rows = [(entry.get("epoch", i), point_matrices(entry)[0]) for i, entry in enumerate(traj) if isinstance(entry, dict)]
+        rows = [(e, m) for e, m in rows if m]
+        names = [n for n in (rows[0][1] if rows else {}) if all(n in m and m[n].shape == rows[0][1][n].shape for _, m in rows)]
+        if names:
             epochs = np.asarray([e for e, _ in rows], dtype=float)
             over = {n: np.stack([m[n] for _, m in rows]) for n in names}
             k = k or over[names[0]].shape[1]
+    if not matrices and not over:
+        raise FaslandError(f"'{path}' has no k×k cosine matrix (theta/sam/gacfas/cosines or a trajectory of them); "
+                           "pass a file written by 'fasland conflicts'")
     domains = data.get("domains")
     if not (isinstance(domains, list) and len(domains) == k):
-        domains = [f"D{i}" for i in range(k or 0)]
-    if not matrices and not over:
-        raise FaslandError(f"'{path}' has no k×k cosine matrix (under 'cosines' or 'trajectory'); "
-                           "pass a file written by 'fasland conflicts'")
-    return Conflicts(label_of(data, path), [str(d) for d in domains], matrices, epochs, over)
+        domains = [f"D{i}" for i in range(k)]
+    return Conflicts(label_of(data, path), [str(d) for d in domains], matrices, scores, epochs, over)
