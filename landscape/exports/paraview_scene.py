@@ -22,8 +22,12 @@ COLORMAP = "Viridis (matplotlib)"
 
 def scene_dict(files: dict, surface: Surface, surf_name: str, log: bool, h: np.ndarray, zscale: float) -> dict:
     lo, hi = float(np.nanmin(h)), float(np.nanmax(h))
-    x0, x1 = float(surface.x.min()), float(surface.x.max())
-    y0, y1 = (0.0, 0.0) if surface.y is None else (float(surface.y.min()), float(surface.y.max()))
+    xs, ys = [surface.x], [np.zeros(1) if surface.y is None else surface.y]
+    if "trajectory" in files:   # the camera frames the path too, when it leaves the grid
+        xs.append(surface.trajectory.x)
+        ys.append(surface.trajectory.y if surface.trajectory.y is not None else np.zeros(1))
+    x0, x1 = float(min(a.min() for a in xs)), float(max(a.max() for a in xs))
+    y0, y1 = float(min(a.min() for a in ys)), float(max(a.max() for a in ys))
     what = f"log({surf_name} + 0.1)" if log else surf_name
     return {
         "ndim": surface.ndim,

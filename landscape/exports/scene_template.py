@@ -48,7 +48,7 @@ def show_surface(pv, view):
     disp.SetScalarBarVisibility(view, True)
     bar = pv.GetScalarBar(lut, view)
     bar.Title, bar.ComponentTitle = SCENE["bar_title"], ""
-    set_if_present(bar, "RangeLabelFormat", "%-#.3g")
+    set_if_present(bar, "RangeLabelFormat", "%-#.4g")
     for name in ("TitleColor", "LabelColor"):
         set_if_present(bar, name, [0.1, 0.1, 0.1])
     disp.Specular, disp.SpecularPower = 0.35, 40.0
