@@ -236,3 +236,23 @@ def test_files_of_the_real_store_keep_their_orientation(tmp_path):
     assert ok.sum() == 14
     np.testing.assert_allclose(pts[ok, 2], 10 * pts[ok, 0] + pts[ok, 1])
     np.testing.assert_allclose(point_arrays(grid)["loss_I"][ok], pts[ok, 0] - 3 * pts[ok, 1])
+
+
+def test_reference_files_without_done_mask_hide_their_unfilled_points(tmp_path):
+    """plot_surface.py of Li et al. writes no `done` mask and fills points not computed yet with -1."""
+    from landscape.exports.surface_file import read_surface
+
+    x, y = np.linspace(-1, 1, 4), np.linspace(-1, 1, 4)
+    loss = np.add.outer(y ** 2, x ** 2) + 0.1        # [iy, ix], the reference's flat order
+    loss[3, 2:] = -1
+    path = tmp_path / "ref.h5"
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"], f["ycoordinates"] = x, y
+        f["train_loss"], f["train_acc"] = loss.reshape(4, 4), np.where(loss == -1, -1, 90.0)
+    s = read_surface(path)
+    assert s.done.sum() == 14 and not s.done[2, 3] and not s.done[3, 3]
+    assert np.isnan(s.arrays["train_acc"][3, 3]) and s.arrays["train_acc"][0, 0] == 90.0
+    main(["export", "vtk", str(path), "--out", str(tmp_path / "r"), "--zscale", "1"])
+    poly = read(tmp_path / "r.vtp")
+    assert poly.GetNumberOfPolys() == 9 - 2
+    np.testing.assert_array_equal(point_arrays(poly)["valid"], (loss.ravel() != -1).astype(np.uint8))

@@ -15,7 +15,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from landscape.exports.results_json import Conflicts, Spectrum
-from landscape.exports.surface_file import Surface, common_names, finite_range, nice_levels
+from landscape.exports.surface_file import Surface, common_names, finite_range, height_along, nice_levels
 from training.errors import FaslandError
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -38,8 +38,6 @@ def what(name: str, log: bool) -> str:
 
 
 def path_heights(s: Surface, h: np.ndarray) -> list:
-    from landscape.exports.vtk_files import height_along
-
     if not np.isfinite(h).any():
         return [None] * len(s.trajectory.x)
     return as_list(height_along(s, h, s.trajectory.x, s.trajectory.y))

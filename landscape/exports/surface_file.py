@@ -132,7 +132,10 @@ def read_surface(path) -> Surface:
         if f["train_loss"].shape != shape:
             raise FaslandError(f"'{path}': train_loss has shape {f['train_loss'].shape} but the coordinates give {shape}; "
                                "the file is damaged, recompute it with 'fasland surface'")
-        done = grid_array(f["done"][()], x, y).astype(bool) if "done" in f and f["done"].shape == shape else np.ones(shape, bool)
+        if "done" in f and f["done"].shape == shape:
+            done = grid_array(f["done"][()], x, y).astype(bool)
+        else:   # a file of the reference's plot_surface.py: points not computed yet still hold its fill value -1
+            done = grid_array(f["train_loss"][()], x, y) != -1
         arrays = {}
         for name, ds in f.items():
             if name in NOT_METRICS or name.startswith("proj_") or not isinstance(ds, h5py.Dataset) or ds.shape != shape or ds.dtype.kind not in "fiub":
@@ -195,3 +198,18 @@ def nice_levels(lo: float, hi: float, n: int = 12) -> np.ndarray:
     step = base * min((m for m in (1, 2, 2.5, 5, 10) if m * base >= raw))
     start = np.floor(lo / step) * step
     return np.round(start + step * np.arange(int(np.ceil((hi - start) / step - 1e-9)) + 1), 12)
+
+
+def height_along(surface: Surface, h: np.ndarray, px: np.ndarray, py: np.ndarray | None) -> np.ndarray:
+    """The height under each path point: (bi)linear interpolation of h, invalid points read as the top of the range."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    filled = np.where(np.isfinite(h), h, np.nanmax(h))
+    if min(filled.shape) < 2:   # a single row or column: nothing to interpolate across
+        return np.full(len(px), float(np.nanmax(h)))
+    if surface.ndim == 1:
+        return np.interp(px, surface.x, filled)
+    py = np.zeros_like(px) if py is None else py
+    f = RegularGridInterpolator((surface.x, surface.y), filled, bounds_error=False, fill_value=None)
+    pts = np.column_stack([np.clip(px, surface.x.min(), surface.x.max()), np.clip(py, surface.y.min(), surface.y.max())])
+    return f(pts)

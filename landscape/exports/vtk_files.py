@@ -16,7 +16,7 @@ from vtkmodules.vtkCommonCore import vtkPoints, vtkStringArray
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkDataSetAttributes, vtkPolyData, vtkStructuredGrid
 from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter, vtkXMLStructuredGridWriter
 
-from landscape.exports.surface_file import Surface
+from landscape.exports.surface_file import Surface, height_along
 from training.errors import FaslandError
 
 
@@ -117,19 +117,6 @@ def surface_polydata(surface: Surface, h: np.ndarray, z: np.ndarray, info: dict)
                              np.concatenate(pieces) if pieces else np.zeros(0, np.int64)))
     _add_arrays(poly, surface, h, valid, info)
     return poly
-
-
-def height_along(surface: Surface, h: np.ndarray, px: np.ndarray, py: np.ndarray | None) -> np.ndarray:
-    """The height under each path point: (bi)linear interpolation of h, invalid points read as the top of the range."""
-    from scipy.interpolate import RegularGridInterpolator
-
-    filled = np.where(np.isfinite(h), h, np.nanmax(h))
-    if surface.ndim == 1:
-        return np.interp(px, surface.x, filled)
-    py = np.zeros_like(px) if py is None else py
-    f = RegularGridInterpolator((surface.x, surface.y), filled, bounds_error=False, fill_value=None)
-    pts = np.column_stack([np.clip(px, surface.x.min(), surface.x.max()), np.clip(py, surface.y.min(), surface.y.max())])
-    return f(pts)
 
 
 def trajectory_polydata(surface: Surface, h: np.ndarray, zscale: float) -> vtkPolyData:
