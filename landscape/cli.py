@@ -40,6 +40,8 @@ def register(sub) -> None:
 
 
 def run_surface(args) -> int:
+    """Rank 0 checks the output, makes the directions and loads the data first; then every rank loads
+    them; then the points are shared out. A failure on any rank in these steps ends every rank."""
     import torch
 
     from landscape import mpi
@@ -49,23 +51,30 @@ def run_surface(args) -> int:
     from training.device import pick_device
     from training.probe import load_probe
 
-    xcoords = parse_axis(args.x, "--x")
-    ycoords = parse_axis(args.y, "--y") if args.y is not None else None
-    check_flags(args)
     comm = mpi.world()
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // mpi.local_ranks()))
     out = Path(args.out)
     dirs_path = Path(args.dir_file) if args.dir_file else out.with_name(out.stem + ".dirs.h5")
-    device = pick_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
-    config = ckpt["config"]
-    if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
-        raise FaslandError(f"checkpoint '{args.checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+
+    def setup():
+        xcoords = parse_axis(args.x, "--x")
+        ycoords = parse_axis(args.y, "--y") if args.y is not None else None
+        check_flags(args)
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // mpi.local_ranks()))
+        device = pick_device(args.device)
+        model, ckpt = load_model(args.checkpoint, device)
+        config = ckpt["config"]
+        if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
+            raise FaslandError(f"checkpoint '{args.checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+        return xcoords, ycoords, device, model, config
+
+    xcoords, ycoords, device, model, config = mpi.on_every_rank(comm, setup)
     data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": args.data} if args.data else {})},
                  "max_samples": args.max_samples}
+    probe = None
 
     def prepare():
-        """Rank 0: refuse a mismatched existing surface before any heavy work, then make or reuse the directions."""
+        """Rank 0: refuse a mismatched existing surface before any heavy work, make or reuse the
+        directions, load the data first (so it fills the data cache alone)."""
         nonlocal probe
         from landscape.store import SurfaceStore, check_same_surface, read_store
 
@@ -73,18 +82,21 @@ def run_surface(args) -> int:
         provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_hash(args.checkpoint),
                       "directions": recipe, "data": data_spec, "dir_file": str(dirs_path)}
         if out.is_file():
-            check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords if needs_y(args) else None, provenance))
+            check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))
         ensure_directions(args, model, recipe, provenance["checkpoint_sha256"], dirs_path)
-        probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)  # rank 0 first: fills the data cache
+        probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)
+        provenance["data_sha256"] = data_fingerprint(probe)
         return provenance
 
-    probe = None
     provenance = mpi.on_root(comm, prepare)
-    directions = load_directions(dirs_path, model)
-    if directions.y is None and ycoords is not None:
-        raise FaslandError(f"direction file '{dirs_path}' holds only an x direction but --y was given; drop --y or pass a 2-D direction file")
-    if mpi.rank(comm) != 0:
-        probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)
+
+    def load():
+        directions = load_directions(dirs_path, model)
+        if directions.y is None and ycoords is not None:
+            raise FaslandError(f"direction file '{dirs_path}' holds only an x direction but --y was given; drop --y or pass a 2-D direction file")
+        return directions, probe or load_probe(config, device, args.max_samples, args.batch_size, data=args.data)
+
+    directions, probe = mpi.on_every_rank(comm, load)
     store = compute_surface(model, probe, directions, xcoords, ycoords if directions.y is not None else None, out,
                             provenance, comm=comm, autocast=False if args.no_autocast else None)
     if mpi.rank(comm) == 0:
@@ -94,8 +106,16 @@ def run_surface(args) -> int:
     return 0
 
 
-def needs_y(args) -> bool:
-    return args.y is not None
+def data_fingerprint(probe) -> str:
+    """sha256 of the probe's tensors (domains in name order): a surface never mixes two versions of the data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(probe.domains):
+        for t in probe.domains[name]:
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def check_flags(args) -> None:

@@ -143,14 +143,15 @@ def trajectory_checkpoints(run_dir) -> list[Path]:
 
 
 def pca_directions(model: nn.Module, checkpoints, dir_type: str = "weights", ignore: str = "biasbn") -> Directions:
-    """PC1, PC2 of the rows θ_e − θ (θ = `model`, the final point) with scikit-learn's exact PCA,
-    as the reference does; 1-D tensors are left out when ignore='biasbn'. `extra` gets the explained
-    variance and the trajectory projected onto the plane: (⟨θ_e − θ, pc1⟩, ⟨θ_e − θ, pc2⟩)."""
-    from sklearn.decomposition import PCA
-
+    """PC1, PC2 of the rows θ_e − θ (θ = `model`, the final point), as the reference does; 1-D tensors
+    are left out when ignore='biasbn'. `checkpoints`: a run directory (its checkpoints/epoch_*.pt) or
+    a list of checkpoint paths. `extra` gets the explained variance (scikit-learn's names) and the
+    trajectory projected onto the plane: (⟨θ_e − θ, pc1⟩, ⟨θ_e − θ, pc2⟩)."""
     from training.checkpoint import load_checkpoint
 
     check_choice(ignore, IGNORES, "--xignore")
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = trajectory_checkpoints(checkpoints)
     base = model_tensors(model, dir_type)
     rows, epochs = [], []
     for i, path in enumerate(checkpoints):
@@ -158,25 +159,64 @@ def pca_directions(model: nn.Module, checkpoints, dir_type: str = "weights", ign
         d = difference(base, state_tensors(ckpt["model"], model, dir_type, str(path)))
         if ignore == "biasbn":
             d = [t.zero_() if t.dim() <= 1 else t for t in d]
-        rows.append(flat(d).float().numpy())
+        rows.append(torch.cat([t.reshape(-1) for t in d]))
         epochs.append(int(ckpt.get("epoch", i)))
-    matrix = np.stack(rows)
-    pca = PCA(n_components=2, svd_solver="full").fit(matrix)
-    pcs = pca.components_.astype(np.float32)
-    proj = matrix @ pcs.T / np.linalg.norm(pcs, axis=1)
+    matrix = torch.stack(rows)
+    del rows
+    pcs, variance, ratio, singular = principal_components(matrix, 2)
+    proj = project_rows(matrix, pcs)
     x, y = (unflatten(pc, base) for pc in pcs)
-    extra = {"explained_variance_ratio_": pca.explained_variance_ratio_, "explained_variance_": pca.explained_variance_,
-             "singular_values_": pca.singular_values_, "proj_xcoord": proj[:, 0].astype(np.float64),
-             "proj_ycoord": proj[:, 1].astype(np.float64), "proj_epochs": np.asarray(epochs, dtype=np.int64)}
+    extra = {"explained_variance_ratio_": ratio, "explained_variance_": variance, "singular_values_": singular,
+             "proj_xcoord": proj[:, 0], "proj_ycoord": proj[:, 1], "proj_epochs": np.asarray(epochs, dtype=np.int64)}
     return Directions(x, y, dir_type, extra=extra)
 
 
-def unflatten(vector: np.ndarray, like: list[torch.Tensor]) -> list[torch.Tensor]:
+def column_chunks(p: int, size: int = 1 << 20):
+    return (slice(i, min(i + size, p)) for i in range(0, p, size))
+
+
+def principal_components(rows: torch.Tensor, k: int = 2):
+    """Exact PCA of n ≪ p rows (what scikit-learn's PCA computes) through the n×n Gram matrix of the
+    centred rows C, in float64: C Cᵀ = U Λ Uᵀ, component_j = C ᵀu_j / √λ_j, explained variance
+    λ_j/(n − 1). A float32 SVD of the n × p matrix is slower and loses digits over p ≈ 10⁷ terms.
+    Each component's largest entry is made positive (scikit-learn's sign convention).
+    Returns (components float32 [k, p], explained_variance_, explained_variance_ratio_, singular_values_)."""
+    n, p = rows.shape
+    mean = torch.cat([rows[:, c].double().mean(0) for c in column_chunks(p)])
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for c in column_chunks(p):
+        centred = rows[:, c].double() - mean[c]
+        gram += centred @ centred.T
+    lam, u = torch.linalg.eigh(gram)
+    lam, u = lam.flip(0).clamp_min(0), u.flip(1)
+    if n <= k or lam[k - 1] <= 1e-12 * max(float(lam[0]), 1e-300):
+        raise FaslandError(f"the trajectory spans fewer than {k} independent directions; use a run with more distinct epoch checkpoints")
+    comps = torch.empty(k, p, dtype=torch.float32)
+    for c in column_chunks(p):
+        comps[:, c] = (u[:, :k].T @ (rows[:, c].double() - mean[c]) / lam[:k].sqrt()[:, None]).float()
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).squeeze(1)
+    comps *= signs[:, None]
+    lam_k = lam[:k].numpy()
+    return comps, lam_k / (n - 1), lam_k / float(lam.sum()), np.sqrt(lam_k)
+
+
+def project_rows(rows: torch.Tensor, directions: torch.Tensor) -> np.ndarray:
+    """⟨row, d⟩/‖d‖ for every row and direction (the reference's 'cos' projection), in float64."""
+    out = torch.zeros(rows.shape[0], directions.shape[0], dtype=torch.float64)
+    norms = torch.zeros(directions.shape[0], dtype=torch.float64)
+    for c in column_chunks(rows.shape[1]):
+        d = directions[:, c].double()
+        out += rows[:, c].double() @ d.T
+        norms += (d * d).sum(1)
+    return (out / norms.sqrt()).numpy()
+
+
+def unflatten(vector: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A flat vector cut into tensors shaped like `like`."""
     out, i = [], 0
     for t in like:
-        n = t.numel()
-        out.append(torch.from_numpy(np.ascontiguousarray(vector[i:i + n])).float().view(tuple(t.shape)).clone())
-        i += n
+        out.append(vector[i:i + t.numel()].reshape(tuple(t.shape)).clone())
+        i += t.numel()
     return out
 
 

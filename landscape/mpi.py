@@ -64,6 +64,30 @@ def on_root(comm, fn):
     return result
 
 
+def on_every_rank(comm, fn):
+    """fn() on every rank. If it fails on any rank, every rank learns it (no rank is left waiting for
+    a dead one): rank 0 raises that rank's error, the others exit quietly with status 2."""
+    if comm is None:
+        return fn()
+    result, error, original = None, None, None
+    try:
+        result = fn()
+    except FaslandError as e:
+        error, original = str(e), e
+    except Exception as e:
+        error, original = f"{type(e).__name__}: {e}", e
+    errors = comm.allgather(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return result
+    if comm.Get_rank() != 0:
+        raise SystemExit(2)
+    r, message = failed[0]
+    if r == 0 and not isinstance(original, FaslandError):
+        raise original
+    raise FaslandError(message if r == 0 else f"MPI rank {r}: {message}")
+
+
 def map_points(comm, todo, evaluate, record, root_computes: bool = True) -> None:
     """record(k, evaluate(k)) for every k in `todo`; under MPI evaluate runs on any rank and record on
     rank 0 only. A rank whose evaluate raises fails the job with a message naming it."""

@@ -25,7 +25,8 @@ from training.errors import FaslandError
 
 FORMAT = "fasland-surface-1"
 LAYOUT = "reference"   # flat k = iy*nx + ix
-IDENTITY = {"checkpoint_sha256": "checkpoint", "directions": "set of directions", "data": "data spec"}
+IDENTITY = {"checkpoint_sha256": "checkpoint", "directions": "set of directions", "data": "data spec",
+            "data_sha256": "data content"}
 
 
 def flat_index(ix: int, iy: int, nx: int) -> int:
@@ -117,7 +118,7 @@ class SurfaceStore:
         self.done.reshape(-1)[k] = True
         self.dirty = True
 
-    def save_if_due(self, overhead: float = 0.05) -> bool:
+    def save_if_due(self, overhead: float = 0.02) -> bool:
         """Save when the time since the last save is at least 1/overhead times a save's cost: at most
         `overhead` of the job is spent writing, and a slow point is never lost to a kill."""
         if self.dirty and time.monotonic() - self.last_save >= self.save_cost / overhead:

@@ -58,8 +58,9 @@ class Grid:
 
 class Plane:
     """The affine plane θ + a·d1 + b·d2, written in place into the model's tensors.
-    Keeps one copy of θ (and of d1, d2 on the model's device and memory format) for the whole
-    surface; `move_to` allocates nothing. Tensors that no direction moves are never touched."""
+    Keeps θ, d1, d2 (on the model's device, dtype and memory format) and θ + b·d2 for the current b
+    for the whole surface; `move_to` allocates nothing, and along a row (fixed b) it is one pass
+    t ← (θ + b·d2) + a·d1 over the moved tensors. Tensors no direction moves are never touched."""
 
     def __init__(self, model: nn.Module, directions: Directions):
         targets = model_tensors(model, directions.dir_type)
@@ -67,23 +68,28 @@ class Plane:
             raise FaslandError(f"the directions have {len(directions.x)} tensors but the model has {len(targets)} {directions.dir_type}; "
                                "make the directions for this model and --dir-type")
         ys = directions.y if directions.y is not None else [None] * len(targets)
-        self.moves = []
+        self.moves = []   # (tensor, θ, d1, d2 or None, θ + b·d2 or θ)
         for t, dx, dy in zip(targets, directions.x, ys):
             dy = dy if dy is not None and bool(dy.any()) else None
             if t.is_floating_point() and (bool(dx.any()) or dy is not None):
-                self.moves.append((t, t.clone(), like(dx, t), None if dy is None else like(dy, t)))
+                w = t.clone()
+                self.moves.append((t, w, like(dx, t), None if dy is None else like(dy, t), w if dy is None else w.clone()))
+        self.b = 0.0
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:
-        """θ_t ← θ + a·d1 + b·d2 for every moved tensor t."""
-        for t, w, dx, dy in self.moves:
-            torch.add(w, dx, alpha=a, out=t)
-            if dy is not None:
-                t.add_(dy, alpha=b)
+        """t ← θ + a·d1 + b·d2 for every moved tensor t."""
+        if b != self.b:
+            for _, w, _, dy, wb in self.moves:
+                if dy is not None:
+                    torch.add(w, dy, alpha=b, out=wb)
+            self.b = b
+        for t, _, dx, _, wb in self.moves:
+            torch.add(wb, dx, alpha=a, out=t)
 
     @torch.no_grad()
     def reset(self) -> None:
-        for t, w, _, _ in self.moves:
+        for t, w, *_ in self.moves:
             t.copy_(w)
 
 
@@ -149,26 +155,28 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
         return store.missing()
 
     todo = mpi.on_root(comm, open_store)
-    plane = Plane(model, directions)
     bar = None
-    if mpi.rank(comm) == 0 and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="pt", dynamic_ncols=True)
-
-    def evaluate_point(k):
-        plane.move_to(*grid.point(k))
-        return evaluate(probe, model, autocast)
-
-    def record(k, metrics):
-        store.record(k, metrics)
-        store.save_if_due()
-        if bar is not None:
-            bar.update()
-
     try:
-        mpi.map_points(comm, todo, evaluate_point, record, root_computes)
+        plane = mpi.on_every_rank(comm, lambda: Plane(model, directions))
+        if mpi.rank(comm) == 0 and progress:
+            from tqdm import tqdm
+            bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="pt", dynamic_ncols=True)
+
+        def evaluate_point(k):
+            plane.move_to(*grid.point(k))
+            return evaluate(probe, model, autocast)
+
+        def record(k, metrics):
+            store.record(k, metrics)
+            store.save_if_due()
+            if bar is not None:
+                bar.update()
+
+        try:
+            mpi.map_points(comm, todo, evaluate_point, record, root_computes)
+        finally:
+            plane.reset()
     finally:
-        plane.reset()
         if bar is not None:
             bar.close()
         if store is not None:

@@ -169,17 +169,20 @@ def test_pca_of_a_trajectory_finds_its_plane(tmp_path):
     coeffs = [(-3.0, 1.0), (-2.0, -1.0), (-1.0, 0.0), (0.0, 0.0), (1.0, 0.0), (2.0, -1.0), (3.0, 1.0)]
     paths, u, v = trajectory(tmp_path, net, coeffs)
     assert trajectory_checkpoints(tmp_path) == paths
-    dirs = pca_directions(net, paths, "weights", "biasbn")
+    dirs = pca_directions(net, tmp_path, "weights", "biasbn")     # the run directory
     assert abs(cosine(dirs.x, u)) > 0.9999 and abs(cosine(dirs.y, v)) > 0.9999
     for d in (dirs.x, dirs.y):
         assert all(torch.count_nonzero(t) == 0 for t, p in zip(d, net.parameters()) if p.dim() <= 1)
-    # independent: the SVD of the centred matrix of θ_e − θ
+    # independent: scikit-learn's exact PCA, in float64, of the matrix of θ_e − θ
+    from sklearn.decomposition import PCA
     states = [torch.load(f, weights_only=True)["model"] for f in paths]
     rows = np.stack([torch.cat([(sd[n] - p.detach()).reshape(-1) * (p.dim() > 1) for n, p in net.named_parameters()]).double().numpy()
                      for sd in states])
-    centred = rows - rows.mean(0)
-    s = np.linalg.svd(centred, compute_uv=False)
-    np.testing.assert_allclose(dirs.extra["explained_variance_ratio_"], (s ** 2 / (s ** 2).sum())[:2], rtol=1e-4)
+    ref = PCA(n_components=2, svd_solver="full").fit(rows)
+    for name in ("explained_variance_ratio_", "explained_variance_", "singular_values_"):
+        np.testing.assert_allclose(dirs.extra[name], getattr(ref, name), rtol=1e-5)
+    ours = np.stack([torch.cat([t.reshape(-1) for t in d]).double().numpy() for d in (dirs.x, dirs.y)])
+    np.testing.assert_allclose(ours, ref.components_, atol=1e-5)        # same vectors, same signs
     px = torch.cat([t.reshape(-1) for t in dirs.x]).double().numpy()
     py = torch.cat([t.reshape(-1) for t in dirs.y]).double().numpy()
     np.testing.assert_allclose(dirs.extra["proj_xcoord"], rows @ px / np.linalg.norm(px), rtol=1e-4, atol=1e-5)
@@ -193,3 +196,7 @@ def test_pca_of_a_trajectory_finds_its_plane(tmp_path):
 def test_pca_needs_a_trajectory(tmp_path):
     with pytest.raises(FaslandError, match="at least 3 checkpoints"):
         trajectory_checkpoints(tmp_path)
+    net = tiny_net()
+    paths, _, _ = trajectory(tmp_path, net, [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)], noise=0.0)   # a straight line
+    with pytest.raises(FaslandError, match="fewer than 2 independent directions"):
+        pca_directions(net, paths)

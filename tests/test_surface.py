@@ -87,11 +87,14 @@ def test_grid_points_equal_models_set_by_hand(dir_type):
 
 def test_points_are_written_in_place():
     net = tiny_net()
-    plane = Plane(net, plane_dirs(net))
+    dirs = plane_dirs(net)
+    plane = Plane(net, dirs)
     ptrs = [p.data_ptr() for p in net.parameters()]
-    plane.move_to(0.3, -0.2)
+    for a, b in ((0.3, -0.2), (-1.0, 0.5), (0.7, 0.5), (0.3, -0.2)):     # rows revisited, as MPI hands them out
+        plane.move_to(a, b)
+        for p, q in zip(net.parameters(), set_by_hand(tiny_net(), dirs, a, b).parameters()):
+            assert torch.allclose(p, q, rtol=1e-6, atol=1e-7)
     assert [p.data_ptr() for p in net.parameters()] == ptrs
-    assert not torch.equal(next(net.parameters()), next(tiny_net().parameters()))
     plane.reset()
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), tiny_net().parameters()))
 
@@ -179,3 +182,150 @@ def test_resume_computes_only_missing_points_and_a_finished_job_is_a_no_op(tmp_p
         compute_surface(net, again, Directions(dirs.x, dirs.y, "weights", {"seed": 3}), xs, ys, out_path=out,
                         provenance=prov, progress=False)
     assert out.read_bytes() == before
+
+
+# --- `fasland surface` end to end on SynthFAS (image size 32, 16 samples per domain) -------------------
+
+CONFIG = {"protocol": "ICM2O", "method": "erm", "data": {"root": "synth", "image_size": 32, "seed": 0},
+          "model": {"name": "resnet18", "head": "linear"}, "hparams": {}, "train": {}}
+ARCH = {"name": "resnet18", "head": "linear"}
+
+
+def fasnet_checkpoint(path, seed, epoch=0):
+    from training.checkpoint import save_checkpoint
+    from training.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ARCH)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.8, 1.2)
+    save_checkpoint(path, model, ARCH, CONFIG, epoch, {})
+    return path
+
+
+def fasland(*argv) -> int:
+    from analysis.cli import main
+    return main(["surface", *map(str, argv)])
+
+
+def probe_of(path):
+    from training.checkpoint import load_model
+    from training.probe import load_probe
+
+    model, ckpt = load_model(path)
+    return load_probe(ckpt["config"], max_samples=16)(model)
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    """One 2-D surface made by the CLI: (checkpoint, surface path)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    ckpt = fasnet_checkpoint(tmp / "a.pt", 0)
+    out = tmp / "s.h5"
+    assert fasland("--checkpoint", ckpt, "--x", "-1:1:3", "--y", "-0.5:0.5:3", "--max-samples", 16, "--threads", 1,
+                   "--plot", "--out", out) == 0
+    return ckpt, out
+
+
+def test_cli_surface_file_holds_every_metric_and_its_provenance(run2d):
+    from training.checkpoint import file_hash
+
+    ckpt, out = run2d
+    s = read_store(out)
+    assert s.done.all() and s.shape == (3, 3)
+    assert {"train_loss", "train_acc", "test_loss", "test_acc", "test_hter", "test_auc"} <= set(s.arrays)
+    assert {f"{k}_{d}" for k in ("loss", "acc") for d in "ICMO"} <= set(s.arrays)
+    assert s.provenance["checkpoint_sha256"] == file_hash(ckpt) and len(s.provenance["data_sha256"]) == 64
+    assert '"seed": 0' in s.provenance["directions"] and '"max_samples": 16' in s.provenance["data"]
+    for k, v in probe_of(ckpt).items():                       # f(0, 0): the checkpoint's own metrics
+        assert grid_view(s.arrays[k], 3, 3)[1, 1] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert np.isfinite(s.arrays["train_loss"]).all()
+    assert out.with_suffix(".png").stat().st_size > 1000
+    with h5py.File(out.with_name("s.dirs.h5"), "r") as f:
+        assert len(f["xdirection"]) == len(f["ydirection"]) == 62   # FASNet's parameters, reference layout
+
+
+def test_cli_rerun_is_a_no_op_and_other_directions_are_refused(run2d, capsys):
+    ckpt, out = run2d
+    before, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    args = ["--checkpoint", ckpt, "--x", "-1:1:3", "--y", "-0.5:0.5:3", "--max-samples", 16, "--threads", 1, "--out", out]
+    assert fasland(*args) == 0
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
+    assert fasland(*args, "--seed", 1) == 2
+    assert "another set of directions" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_cli_reuses_a_direction_file_on_another_grid(run2d, tmp_path):
+    ckpt, out = run2d
+    other = tmp_path / "fine.h5"
+    assert fasland("--checkpoint", ckpt, "--x", "0:1:2", "--y", "0:0.5:2", "--dir-file", out.with_name("s.dirs.h5"),
+                   "--max-samples", 16, "--threads", 1, "--out", other) == 0
+    a, b = read_store(out), read_store(other)
+    for k in ("train_loss", "test_auc", "loss_O"):   # x, y = 0, 0.5 are indices 1, 2 of the first grid
+        np.testing.assert_allclose(grid_view(b.arrays[k], 2, 2), grid_view(a.arrays[k], 3, 3)[1:, 1:], rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "fine.dirs.h5").exists()
+
+
+def test_cli_interpolation_reproduces_both_checkpoints(tmp_path):
+    a, b = fasnet_checkpoint(tmp_path / "a.pt", 0), fasnet_checkpoint(tmp_path / "b.pt", 1)
+    out = tmp_path / "interp.h5"
+    assert fasland("--checkpoint", a, "--model2", b, "--dir-type", "states", "--x", "0:1:2", "--max-samples", 16,
+                   "--threads", 1, "--out", out) == 0
+    s = read_store(out)
+    for i, path in ((0, a), (1, b)):
+        for k, v in probe_of(path).items():
+            assert s.arrays[k][i] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, i)
+
+
+def test_cli_pca_plane_stores_the_projected_trajectory(tmp_path):
+    from training.checkpoint import load_model, save_checkpoint
+
+    final = fasnet_checkpoint(tmp_path / "run" / "checkpoint.pt", 0, epoch=3)
+    model, _ = load_model(final)
+    for e in range(3):
+        m, _ = load_model(final)
+        with torch.no_grad():
+            for i, p in enumerate(m.parameters()):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * e + i)) * 0.01 * (3 - e))
+        save_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{e:03d}.pt", m, ARCH, CONFIG, e, {})
+    out = tmp_path / "pca.h5"
+    assert fasland("--checkpoint", final, "--pca", tmp_path / "run", "--x", "-1:1:2", "--y", "-1:1:2", "--max-samples", 16,
+                   "--threads", 1, "--out", out) == 0
+    with h5py.File(out, "r") as f:
+        assert f["proj_xcoord"].shape == (3,) and f["proj_ycoord"].shape == (3,)
+        assert f["proj_epochs"][()].tolist() == [0, 1, 2]
+        ratio = f["explained_variance_ratio_"][()]
+        assert ratio.shape == (2,) and 0 < ratio[1] <= ratio[0] <= 1
+
+
+@pytest.mark.parametrize("bad, message", [(["--x", "1:-1:0"], "at least 1"), (["--x", "a:b:c"], "not a number"),
+                                          (["--x", "-1:1:3", "--y", "0:1:-2"], "--y"),
+                                          (["--x", "-1:1:3", "--model3", "m.pt"], "add --y"),
+                                          (["--x", "-1:1:3", "--max-samples", "0"], "--max-samples")])
+def test_cli_bad_input_is_one_sentence(tmp_path, capsys, bad, message):
+    assert fasland("--checkpoint", tmp_path / "none.pt", *bad, "--out", tmp_path / "s.h5") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_cli_two_ranks_equal_one(run2d, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ckpt, out = run2d
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    fasland_bin = Path(sys.executable).with_name("fasland")
+    r = subprocess.run([str(mpiexec), "-n", "2", str(fasland_bin), "surface", "--checkpoint", str(ckpt), "--x", "-1:1:3",
+                        "--y", "-0.5:0.5:3", "--max-samples", "16", "--out", str(tmp_path / "m.h5")],
+                       capture_output=True, text=True, timeout=300, env=os.environ)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = read_store(out), read_store(tmp_path / "m.h5")
+    assert b.done.all() and set(a.arrays) == set(b.arrays)
+    for k in a.arrays:
+        np.testing.assert_allclose(b.arrays[k], a.arrays[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -1,6 +1,7 @@
-"""Surface jobs as real processes: `mpiexec -n 2` equals one rank, a failing or killed rank fails the job
-and the rerun completes it, SIGKILL at any moment leaves a readable file and the rerun equals an
-uninterrupted run. Run as a script, this file is the job: `python test_surface_mpi.py OUT [options]`."""
+"""Surface jobs as real processes: a failing or killed MPI rank fails the job and the rerun on two ranks
+completes it with the arrays of one rank (tests/test_surface.py also runs `mpiexec -n 2 fasland
+surface`); SIGKILL at any moment leaves a readable file and the rerun equals an uninterrupted run.
+Run as a script, this file is the job: `python test_surface_mpi.py OUT [options]`."""
 import os
 import signal
 import subprocess
@@ -45,8 +46,9 @@ def tiny_problem():
     return net, probe, dirs
 
 
-def job(out, slow=0.0, fail_rank=None, comm="world"):
-    """The tiny surface, with an optional delay per point and a rank that fails at its second point."""
+def job(out, slow=0.0, fail_rank=None, comm="world", setup_fail_rank=None):
+    """The tiny surface, with an optional delay per point and a rank that fails at its second point
+    (or during set-up, as when a node lacks the data)."""
     import torch
 
     from landscape import mpi
@@ -55,6 +57,12 @@ def job(out, slow=0.0, fail_rank=None, comm="world"):
     torch.set_num_threads(1)
     comm = mpi.world() if comm == "world" else None
     (net, probe, dirs), rank = tiny_problem(), mpi.rank(comm)
+
+    def setup():
+        if setup_fail_rank == rank:
+            raise FaslandError("data folder '/nodes/2/data' not found; copy the data to every node")
+    from training.errors import FaslandError
+    mpi.on_every_rank(comm, setup)
     if out is not None:
         Path(f"{out}.rank{rank}.pid").write_text(str(os.getpid()))
     calls = [0]
@@ -105,15 +113,10 @@ def done_count(path) -> int:
         return 0
 
 
-def test_two_ranks_equal_one_and_both_compute(tmp_path, reference):
-    r = run(tmp_path / "s.h5", 2, "--slow", "0.01")
-    assert r.returncode == 0, r.stderr[-2000:]
-    s = assert_equal_surfaces(tmp_path / "s.h5", reference)
-    assert set(np.unique(s.arrays["rank"])) == {0.0, 1.0}   # rank 0 computes too, rank 1 got work on request
-
-
 def test_a_failing_or_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path, reference):
     out = tmp_path / "s.h5"
+    r = run(out, 2, "--setup-fail-rank", "1")     # set-up fails on rank 1 only: no rank hangs, rank 0 says why
+    assert r.returncode == 2 and "MPI rank 1: data folder" in r.stderr and r.stderr.count("error:") == 1
     r = run(out, 2, "--fail-rank", "1")           # an exception on rank 1: rank 0 names it, saves, exits 2
     assert r.returncode == 2
     assert "MPI rank 1 failed at grid point" in r.stderr and "rerun the same command to resume" in r.stderr
@@ -128,20 +131,23 @@ def test_a_failing_or_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path
     p.communicate(timeout=60)
     assert p.returncode != 0
     assert first < done_count(out) < XS.size * YS.size
-    r = run(out)                                   # the rerun (here on one rank) completes the same surface
+    from landscape.store import read_store
+    left = ~read_store(out).done
+    r = run(out, 2, "--slow", "0.01")             # the rerun on two ranks completes the same surface
     assert r.returncode == 0, r.stderr[-2000:]
-    assert_equal_surfaces(out, reference)
+    s = assert_equal_surfaces(out, reference)
+    assert left.sum() >= 4 and set(np.unique(s.arrays["rank"][left])) == {0.0, 1.0}   # rank 0 computes too, rank 1 gets work
 
 
 def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(tmp_path, reference):
     out = tmp_path / "s.h5"
-    for kill_after_points in (0, 6):              # during start-up or the first points, then mid-way
+    rng = np.random.default_rng()
+    for kill_after_points in (3, 12):             # early, then in the resumed run
         p = run(out, None, "--slow", "0.15", wait=False)
         deadline = time.monotonic() + 60
         while done_count(out) < kill_after_points and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        if kill_after_points == 0:
-            time.sleep(1.0)
+        time.sleep(rng.uniform(0, 0.15))          # anywhere within a point or a save
         p.send_signal(signal.SIGKILL)
         p.wait()
         assert done_count(out) < XS.size * YS.size
@@ -161,10 +167,11 @@ if __name__ == "__main__":
     a.add_argument("out")
     a.add_argument("--slow", type=float, default=0.0)
     a.add_argument("--fail-rank", type=int, default=None)
+    a.add_argument("--setup-fail-rank", type=int, default=None)
     args = a.parse_args()
     from training.errors import FaslandError
     try:
-        job(args.out, args.slow, args.fail_rank)
+        job(args.out, args.slow, args.fail_rank, setup_fail_rank=args.setup_fail_rank)
     except FaslandError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
