@@ -1,8 +1,10 @@
 """Checkpoints: {model, arch, config, epoch, metrics}, written atomically, loaded without unpickling code."""
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,28 +19,50 @@ KEYS = ("model", "arch", "config", "epoch", "metrics")
 
 def atomic_save(obj, path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable output folder with free space") from None
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(path, obj) -> None:
     """JSON to a temporary file beside `path`, then rename."""
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
+
+
+def _atomic_write(path, write) -> None:
+    """write(tmp) then rename tmp over `path`; temporaries left by killed writers of `path` are removed.
+    A failed write (read-only folder, full disk: torch.save reports that as a RuntimeError) is one sentence."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable output folder with free space") from None
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        reason = (f"'{blocker}' is a file, not a folder" if blocker else e.strerror if isinstance(e, OSError) and e.strerror
+                  else "the write stopped part-way, is the disk full?")
+        raise FaslandError(f"cannot write '{path}' ({reason}); choose a writable output folder with free space") from None
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the `.NAME.PID.tmp` files in `path`'s folder whose writer PID no longer runs (killed mid-write)."""
+    for tmp in path.parent.glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def save_checkpoint(path, model: nn.Module, arch: dict, config: dict, epoch: int, metrics: dict, **extra) -> None:
@@ -55,12 +79,21 @@ def load_checkpoint(path) -> dict:
         raise FaslandError(f"checkpoint '{path}' is not a file; pass RUN_DIR/checkpoint.pt")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise FaslandError(f"checkpoint '{path}' holds pickled objects that could run code and is refused; save plain tensors, dicts and numbers") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise FaslandError(f"checkpoint '{path}' holds pickled objects ({found.group(1)}) that could run code and is refused; "
+                               "save plain tensors, dicts and numbers") from None
+        raise FaslandError(f"checkpoint '{path}' is truncated or corrupt (not a torch.save file); re-run or re-copy the training run") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise FaslandError(f"checkpoint '{path}' is truncated or corrupt ({type(e).__name__}); re-run or re-copy the training run") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
         raise FaslandError(f"'{path}' is not a fasland checkpoint (it needs the keys {', '.join(KEYS)}); pass one written by 'fasland train'")
+    state = ckpt["model"]
+    if (not isinstance(ckpt["arch"], dict) or not isinstance(ckpt["config"], dict) or not isinstance(state, dict)
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise FaslandError(f"'{path}' is not a fasland checkpoint (model must be a state_dict of tensors, arch and config dicts); "
+                           "pass one written by 'fasland train'")
     return ckpt
 
 
@@ -68,15 +101,32 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the checkpoint's model in eval mode on `device`; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["arch"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise FaslandError(f"checkpoint '{path}' does not fit the {ckpt['arch']} model ({first[:120]}); pass a checkpoint of that architecture") from None
+    mismatch = state_mismatch(model.state_dict(), ckpt["model"])
+    if mismatch:
+        name = "/".join(str(v) for v in ckpt["arch"].values())
+        raise FaslandError(f"checkpoint '{path}' does not fit the {name} model its arch names ({mismatch}); "
+                           "pass a checkpoint of that architecture")
+    model.load_state_dict(ckpt["model"])
     bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise FaslandError(f"checkpoint '{path}' has NaN/inf weights in {bad[0]} (and {len(bad) - 1} more); use an earlier epoch checkpoint of that run")
     return model.to(device).eval(), ckpt
+
+
+def state_mismatch(expected: dict, state: dict) -> str:
+    """'' when `state` has exactly the keys and shapes of `expected`, else a short account of the first differences."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing tensors such as {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected such as {unexpected[0]}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape such as {k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}")
+    return ", ".join(parts)
 
 
 def file_hash(path) -> str:
