@@ -155,3 +155,32 @@ def test_autosave_spends_a_bounded_share_of_time(tmp_path, monkeypatch):
     assert s.save_if_due(overhead=0.05)
     assert not s.save_if_due(overhead=0.05)     # nothing new to save
     s.close()
+
+
+def test_journal_keeps_points_recorded_after_the_last_save(tmp_path):
+    """A writer killed between two full saves: its journaled points come back, a torn last line is
+    dropped, and a journal of another surface is ignored."""
+    path = tmp_path / "surf.h5"
+    s = SurfaceStore.open(path, X, Y, PROV)
+    fill(s, g, ks=[0, 1])
+    s.save()
+    fill(s, g, ks=[2, 3])                      # journaled, not yet in the file
+    s.journal.write('[4, {"train_loss": 1')   # the point in flight when the kill came
+    s.journal.flush()
+    s.release()                                # what a SIGKILL leaves: no close(), no save
+    assert read_store(path).done.sum() == 2
+    s2 = SurfaceStore.open(path, X, Y, PROV)
+    assert sorted(np.flatnonzero(s2.done.reshape(-1))) == [0, 1, 2, 3]
+    assert s2.arrays["train_loss"].reshape(-1)[3] == g(X[3], Y[0])
+    assert read_store(path).done.sum() == 4    # replayed points are saved at once
+    s2.close()
+    assert not path.with_name(".surf.h5.journal").exists()
+    other = tmp_path / "other.h5"
+    s3 = SurfaceStore.open(other, X, None, PROV)
+    s3.record(1, {"train_loss": 5.0})
+    s3.release()
+    path.unlink()
+    path.with_name(".other.h5.journal").rename(path.with_name(".surf.h5.journal"))
+    s4 = SurfaceStore.open(path, X, Y, PROV)   # a journal of a 1-D surface: not this one
+    assert s4.done.sum() == 0
+    s4.close()
