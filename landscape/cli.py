@@ -9,7 +9,8 @@ from training.errors import FaslandError
 def register(sub) -> None:
     p = sub.add_parser("surface", help="1-D/2-D loss surface around a checkpoint, every domain's metrics per point",
                        description="f(a, b) = metrics of θ + a·d1 + b·d2 on a grid, stored in an HDF5 file the reference "
-                                   "loss-landscape scripts read. Rerunning resumes; `mpiexec -n N fasland surface …` splits the points.")
+                                   "loss-landscape scripts read. Rerunning resumes; `mpiexec -n N fasland surface …` splits the points "
+                                   "(across nodes: `mpiexec -f HOSTFILE -n N …`, or `mpiexec -n $SLURM_NTASKS …` inside a Slurm allocation).")
     p.add_argument("--checkpoint", required=True, help="the model θ: a checkpoint.pt written by 'fasland train'")
     p.add_argument("--x", required=True, help="x grid MIN:MAX:N, e.g. -1:1:51")
     p.add_argument("--y", default=None, help="y grid MIN:MAX:N for a 2-D surface")
@@ -18,7 +19,7 @@ def register(sub) -> None:
     g.add_argument("--model3", default=None, help="y direction = θ(model3) − θ (2-D plane through three checkpoints)")
     g.add_argument("--pca", default=None, metavar="RUN_DIR", help="x, y = the top-2 PCA directions of RUN_DIR/checkpoints/epoch_*.pt relative to the checkpoint; the path is projected and stored")
     g.add_argument("--dir-file", default=None, help="reuse the directions of this .h5 (e.g. SURF.dirs.h5 of an earlier surface, or a reference direction file)")
-    g.add_argument("--dir-type", default=None, choices=["weights", "states"], help="weights = parameters (default); states = state_dict incl. BN running statistics")
+    g.add_argument("--dir-type", default=None, choices=["weights", "states"], help="weights = parameters; states = state_dict incl. BN running statistics (default: states with --model2/--model3, so a = 1 is exactly model2; weights otherwise)")
     g.add_argument("--xnorm", default="filter", choices=["filter", "layer", "weight", "none"])
     g.add_argument("--xignore", default="biasbn", choices=["biasbn", "none"], help="biasbn zeroes 1-D tensors (bias, BN); none sets them to θ")
     g.add_argument("--ynorm", default=None, choices=["filter", "layer", "weight", "none"], help="default: --xnorm")
@@ -59,7 +60,7 @@ def run_surface(args) -> int:
         xcoords = parse_axis(args.x, "--x")
         ycoords = parse_axis(args.y, "--y") if args.y is not None else None
         check_flags(args)
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // mpi.local_ranks()))
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // (mpi.local_ranks() if comm else 1)))
         device = pick_device(args.device)
         model, ckpt = load_model(args.checkpoint, device)
         config = ckpt["config"]
@@ -103,6 +104,10 @@ def run_surface(args) -> int:
         if args.plot:
             print(f"plot: {quick_plot(out)}")
         print(f"surface: {out} ({int(store.done.sum())}/{store.size} points) directions: {dirs_path}")
+        if "proj_xcoord" in store.extra:
+            px, py = store.extra["proj_xcoord"], store.extra["proj_ycoord"]
+            print(f"trajectory on the plane: x in [{px.min():.3g}, {px.max():.3g}], y in [{py.min():.3g}, {py.max():.3g}] "
+                  f"(explained variance {100 * store.extra['explained_variance_ratio_'][0]:.1f}% + {100 * store.extra['explained_variance_ratio_'][1]:.1f}%)")
     return 0
 
 
@@ -138,7 +143,7 @@ def check_flags(args) -> None:
 
 def directions_recipe(args, file_hash) -> dict:
     """What fixes the directions (resume identity): the kind, its inputs' hashes, seed and normalization."""
-    dir_type = args.dir_type or "weights"
+    dir_type = args.dir_type or ("states" if args.model2 or args.model3 else "weights")
     ynorm, yignore = args.ynorm or args.xnorm, args.yignore or args.xignore
     if args.dir_file:
         if not Path(args.dir_file).is_file():

@@ -6,11 +6,16 @@ from the same queue. Only rank 0 records and writes. No collective over the grid
 reference reduces the whole grid after every point). Started without an MPI launcher, or with one rank,
 everything runs in this process.
 
-Across nodes: `mpiexec -f hosts -n 8 fasland surface …` (mpich host file, one `host:slots` a line),
-or under Slurm `srun --mpi=pmi2 -n 8 fasland surface …`; each rank takes GPU (local rank mod GPUs).
+Across nodes: `mpiexec -f hosts -n 8 fasland surface …` with an mpich host file (one `host:slots` a
+line; the output folder must be on a file system every node sees, and each node needs the data).
+Under Slurm, run `mpiexec -n $SLURM_NTASKS fasland surface …` inside the sbatch/salloc allocation
+(mpich's launcher starts the ranks through Slurm), or `srun --mpi=pmi2 fasland surface …` where the
+MPI library was built with Slurm's PMI. Each rank takes GPU (local rank mod GPUs on its node) and, on
+CPU, cores / (ranks on its node) threads.
 """
 import os
 import queue
+import re
 import threading
 import time
 
@@ -41,8 +46,12 @@ def rank(comm) -> int:
 
 
 def local_ranks() -> int:
-    """Ranks sharing this node (for splitting its cores between them)."""
-    return int(os.environ.get("MPI_LOCALNRANKS", os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", 1))))
+    """Ranks sharing this node (for splitting its cores between them), from the launcher's variables."""
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        digits = re.match(r"\d+", os.environ.get(var, ""))   # Slurm may write e.g. "2(x3)"
+        if digits and int(digits.group()) > 0:
+            return int(digits.group())
+    return 1
 
 
 def on_root(comm, fn):

@@ -141,13 +141,13 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
     if channels_last:
         model.to(memory_format=torch.channels_last)
     grid = Grid(xcoords, None if directions.y is None else ycoords)
-    prov = {"versions": versions(), "directions": directions.recipe, "dir_type": directions.dir_type,
-            **({"direction_cosine": cosine(directions.x, directions.y)} if directions.y is not None else {}),
-            **(provenance or {})}
     store = None
 
     def open_store():
         nonlocal store
+        prov = {"versions": versions(), "directions": directions.recipe, "dir_type": directions.dir_type,
+                **({"direction_cosine": cosine(directions.x, directions.y)} if directions.y is not None else {}),
+                **(provenance or {})}
         if out_path is None:
             store = SurfaceStore(None, grid.x, grid.y, prov, directions.extra)
         else:

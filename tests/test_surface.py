@@ -272,8 +272,9 @@ def test_cli_reuses_a_direction_file_on_another_grid(run2d, tmp_path):
 def test_cli_interpolation_reproduces_both_checkpoints(tmp_path):
     a, b = fasnet_checkpoint(tmp_path / "a.pt", 0), fasnet_checkpoint(tmp_path / "b.pt", 1)
     out = tmp_path / "interp.h5"
-    assert fasland("--checkpoint", a, "--model2", b, "--dir-type", "states", "--x", "0:1:2", "--max-samples", 16,
-                   "--threads", 1, "--out", out) == 0
+    assert fasland("--checkpoint", a, "--model2", b, "--x", "0:1:2", "--max-samples", 16,   # states by default
+                   "--threads", 1, "--plot", "--out", out) == 0
+    assert out.with_suffix(".png").stat().st_size > 1000
     s = read_store(out)
     for i, path in ((0, a), (1, b)):
         for k, v in probe_of(path).items():
@@ -293,7 +294,8 @@ def test_cli_pca_plane_stores_the_projected_trajectory(tmp_path):
         save_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{e:03d}.pt", m, ARCH, CONFIG, e, {})
     out = tmp_path / "pca.h5"
     assert fasland("--checkpoint", final, "--pca", tmp_path / "run", "--x", "-1:1:2", "--y", "-1:1:2", "--max-samples", 16,
-                   "--threads", 1, "--out", out) == 0
+                   "--threads", 1, "--plot", "--out", out) == 0
+    assert out.with_suffix(".png").stat().st_size > 1000
     with h5py.File(out, "r") as f:
         assert f["proj_xcoord"].shape == (3,) and f["proj_ycoord"].shape == (3,)
         assert f["proj_epochs"][()].tolist() == [0, 1, 2]
