@@ -80,9 +80,10 @@ def load_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise FaslandError(f"checkpoint '{path}' holds pickled objects ({found.group(1)}) that could run code and is refused; "
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found or zipfile.is_zipfile(p):
+            what = f" ({found.group(1)})" if found else ""
+            raise FaslandError(f"checkpoint '{path}' holds pickled objects{what} that could run code and is refused; "
                                "save plain tensors, dicts and numbers") from None
         raise FaslandError(f"checkpoint '{path}' is truncated or corrupt (not a torch.save file); re-run or re-copy the training run") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
