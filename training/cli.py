@@ -42,7 +42,7 @@ def read_yaml(path) -> dict:
     except yaml.YAMLError as e:
         raise FaslandError(f"config file '{path}' is not valid YAML (line {getattr(getattr(e, 'problem_mark', None), 'line', '?')}); fix its syntax") from None
     if not isinstance(cfg, dict):
-        raise FaslandError(f"config file '{path}' must hold a mapping of sections (data, model, hparams, train)")
+        raise FaslandError(f"config file '{path}' holds a YAML {type(cfg).__name__}, not a mapping; write sections such as 'train: {{epochs: 2}}' (data, model, hparams, train)")
     return cfg
 
 
