@@ -81,6 +81,7 @@ def run_surface(args) -> int:
 
         recipe = directions_recipe(args, file_hash)
         provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_hash(args.checkpoint),
+                      "method": str(config.get("method", "")), "protocol": str(config["protocol"]),
                       "directions": recipe, "data": data_spec, "dir_file": str(dirs_path)}
         if out.is_file():
             check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))

@@ -239,6 +239,7 @@ def test_cli_surface_file_holds_every_metric_and_its_provenance(run2d):
     assert {f"{k}_{d}" for k in ("loss", "acc") for d in "ICMO"} <= set(s.arrays)
     assert s.provenance["checkpoint_sha256"] == file_hash(ckpt) and len(s.provenance["data_sha256"]) == 64
     assert '"seed": 0' in s.provenance["directions"] and '"max_samples": 16' in s.provenance["data"]
+    assert s.provenance["method"] == "erm" and s.provenance["protocol"] == "ICM2O"
     for k, v in probe_of(ckpt).items():                       # f(0, 0): the checkpoint's own metrics
         assert grid_view(s.arrays[k], 3, 3)[1, 1] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert np.isfinite(s.arrays["train_loss"]).all()
