@@ -3,8 +3,9 @@
 Each point writes θ + a·d1 + b·d2 into the model's own tensors (no copy of the model, no tensor
 allocated per point), then runs the probe, whose one pass gives every metric (per domain, train, test,
 HTER, AUC). Non-finite values far from θ are stored as they come (NaN/inf) and never stop the job.
-Points go in the reference's flat order k = iy·nx + ix; every point rewrites every moved tensor, so
-no evaluation order is cheaper than another.
+Points go in the reference's flat order k = iy·nx + ix, row by row of fixed b: θ + b·d2 is formed
+once per row and each point is then a single pass t ← (θ + b·d2) + a·d1 (a snake order would save
+nothing more: every point rewrites every moved tensor anyway).
 """
 import math
 import platform
