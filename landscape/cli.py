@@ -188,7 +188,7 @@ def ensure_directions(args, model, recipe: dict, checkpoint_sha256: str, path: P
     if path.is_file():
         try:
             import h5py
-            with h5py.File(path, "r") as f:
+            with h5py.File(path, "r", locking=False) as f:
                 same = f.attrs.get("recipe") == json.dumps(recipe, sort_keys=True) and f.attrs.get("checkpoint_sha256") == checkpoint_sha256
         except OSError:
             same = False

@@ -228,7 +228,7 @@ def save_directions(path, directions: Directions, attrs: dict | None = None) -> 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             for name, d in (("xdirection", directions.x), ("ydirection", directions.y)):
                 if d is not None:
                     g = f.create_group(name)
@@ -254,7 +254,7 @@ def load_directions(path, model: nn.Module | None = None, dir_type: str | None =
     if not p.is_file():
         raise FaslandError(f"direction file '{path}' not found; pass an .h5 with xdirection (and ydirection) groups, e.g. SURF.dirs.h5 of an earlier surface")
     try:
-        f = h5py.File(p, "r")
+        f = h5py.File(p, "r", locking=False)
     except OSError:
         raise FaslandError(f"direction file '{path}' is not a readable HDF5 file; pass a direction .h5 written by fasland or the loss-landscape code") from None
     with f:

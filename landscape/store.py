@@ -16,6 +16,7 @@ journal `.SURF.h5.journal` whose first line names the surface; reopening replays
 is the point that was in flight), so a kill loses at most that point. An flock on a side lock file keeps
 two jobs from writing one surface.
 """
+import errno
 import fcntl
 import json
 import os
@@ -88,9 +89,11 @@ class SurfaceStore:
             raise FaslandError(f"cannot write next to '{self.path}' ({e.strerror}); choose a writable --out folder") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FaslandError(f"another fasland job is writing '{self.path}'; wait for it to finish or choose another --out") from None
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise FaslandError(f"another fasland job is writing '{self.path}'; wait for it to finish or choose another --out") from None
+            # a file system without flock (some NFS/Lustre mounts): go on unlocked, as the reference always does
         self.lock = fd
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             stale.unlink(missing_ok=True)   # left by a killed writer; we hold the lock, so no one else writes
@@ -151,7 +154,7 @@ class SurfaceStore:
         start = time.monotonic()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", locking=False) as f:
                 f["xcoordinates"] = self.x
                 if self.y is not None:
                     f["ycoordinates"] = self.y
@@ -245,7 +248,7 @@ def read_store(path) -> SurfaceStore:
 
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)
     except OSError:
         raise FaslandError(f"'{path}' exists but is not a readable HDF5 file; pass a new --out path or delete it") from None
     with f:
