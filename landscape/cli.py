@@ -242,9 +242,11 @@ def quick_plot(path) -> Path:
         z = grid_view(s.arrays["train_loss"], len(s.x), len(s.y))
         finite = z[np.isfinite(z)]
         if finite.size:
-            levels = np.linspace(finite.min(), min(finite.max(), finite.min() + 10), 21)
+            top = np.percentile(finite, 90) if finite.size > 4 else finite.max()
+            lo, hi = finite.min(), max(top, finite.min() + 1e-6)
+            levels = np.unique(np.geomspace(lo, hi, 15) if lo > 0 else np.linspace(lo, hi, 15))   # dense near the minimum
             cs = ax.contour(s.x, s.y, np.where(np.isfinite(z), z, np.nan), levels=levels, cmap="viridis")
-            ax.clabel(cs, inline=True, fontsize=7)
+            ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
         if "proj_xcoord" in s.extra:
             ax.plot(s.extra["proj_xcoord"], s.extra["proj_ycoord"], "k.-", lw=1, ms=4, label="trajectory")
             ax.legend(fontsize=8)
