@@ -22,7 +22,8 @@ import time
 from training.errors import FaslandError
 
 LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
-TAG = 17
+TAG = 17          # point requests and results
+SETUP_TAG = 18    # set-up results and verdicts
 POLL_SECONDS = 0.002   # the dispatcher thread sleeps this long between polls: ~0 CPU, ms latency
 
 
@@ -54,20 +55,34 @@ def local_ranks() -> int:
     return 1
 
 
+def quiet_recv(comm, source: int, tag: int):
+    """comm.recv without MPI's busy wait (a blocking receive spins a core at 100%, which on a shared or
+    small machine slows the ranks that compute): poll for the message, sleeping in between."""
+    while not comm.Iprobe(source=source, tag=tag):
+        time.sleep(POLL_SECONDS)
+    return comm.recv(source=source, tag=tag)
+
+
+def to_all(comm, message, tag: int) -> None:
+    """Rank 0 sends `message` to every other rank."""
+    for r in range(1, comm.Get_size()):
+        comm.send(message, dest=r, tag=tag)
+
+
 def on_root(comm, fn):
-    """fn() on rank 0 only; its result reaches every rank. If it fails, rank 0 raises the error and
-    the other ranks exit quietly with status 2 (the message is printed once, by rank 0)."""
+    """fn() on rank 0 only (the others wait quietly); its result reaches every rank. If it fails,
+    rank 0 raises the error and the other ranks exit quietly with status 2 (one message, by rank 0)."""
     if comm is None:
         return fn()
     if comm.Get_rank() == 0:
         try:
             result = fn()
         except BaseException:
-            comm.bcast(("error", None), root=0)
+            to_all(comm, ("error", None), SETUP_TAG)
             raise
-        comm.bcast(("ok", result), root=0)
+        to_all(comm, ("ok", result), SETUP_TAG)
         return result
-    status, result = comm.bcast(None, root=0)
+    status, result = quiet_recv(comm, 0, SETUP_TAG)
     if status == "error":
         raise SystemExit(2)
     return result
@@ -85,12 +100,19 @@ def on_every_rank(comm, fn):
         error, original = str(e), e
     except Exception as e:
         error, original = f"{type(e).__name__}: {e}", e
-    errors = comm.allgather(error)
-    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if comm.Get_rank() != 0:
+        comm.send(error, dest=0, tag=SETUP_TAG)
+        if quiet_recv(comm, 0, SETUP_TAG):
+            raise SystemExit(2)
+        return result
+    failed = [(0, error)] if error is not None else []
+    for r in range(1, comm.Get_size()):
+        e = quiet_recv(comm, r, SETUP_TAG)
+        if e is not None:
+            failed.append((r, e))
+    to_all(comm, bool(failed), SETUP_TAG)
     if not failed:
         return result
-    if comm.Get_rank() != 0:
-        raise SystemExit(2)
     r, message = failed[0]
     if r == 0 and not isinstance(original, FaslandError):
         raise original
@@ -183,7 +205,7 @@ class Dispatcher:
 def work(comm, evaluate) -> None:
     """Ranks > 0: ask for a point, compute it, send it back with the next request, until told to stop."""
     comm.send(("ready",), dest=0, tag=TAG)
-    while (k := comm.recv(source=0, tag=TAG)) is not None:
+    while (k := quiet_recv(comm, 0, TAG)) is not None:
         try:
             metrics = evaluate(k)
         except Exception as e:
