@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from reliability_fixtures import (assert_readable, assert_same_weights, cli, datasets, kill_tree, mpi_rank_pids, stale_temporaries,
-                                  start, tiny_run, train_args, wait_for)
+from reliability_fixtures import (assert_readable, assert_same_weights, cli, datasets, kill_tree, mpi_rank_pids,
+                                  needs_analysis, stale_temporaries, start, tiny_run, train_args, wait_for)
 
 SURFACE = ["--x", "-1:1:5", "--y", "-1:1:4", "--max-samples", "8", "--threads", "1"]
 POINTS = 5 * 4
@@ -197,3 +197,51 @@ def test_mpi_rank_killed_fails_the_job_then_rerun_completes(surface_reference, t
     r = cli(argv)
     assert r.code == 0, r.err[-2000:]
     assert_agrees_with(out, reference, complete=True)
+
+
+# ----------------------------------------------------------------------------------------------- hessian
+
+HESSIAN = ["--top-k", "1", "--max-iter", "3", "--trace", "--trace-samples", "2", "--per-domain", "--max-samples", "2",
+           "--threads", "1"]
+
+
+def hessian_numbers(path) -> dict:
+    """What a Hessian result says (timings and versions left out)."""
+    r = json.loads(path.read_text())
+    return {"eigenvalues": r.get("eigenvalues"), "train_loss": r.get("train_loss"), "trace": r.get("trace"),
+            "per_domain": r.get("per_domain"),
+            "sections": {k: (v["settings"], v["hvps"]) for k, v in r.get("sections", {}).items()}}
+
+
+@needs_analysis
+def test_hessian_killed_twice_then_rerun_equals_uninterrupted(tiny_run, tmp_path):
+    reference_run, _ = tiny_run
+    checkpoint = reference_run / "checkpoint.pt"
+    r = cli(["hessian", "--checkpoint", checkpoint, *HESSIAN, "--out", tmp_path / "ref.json"])
+    assert r.code == 0, r.err[-2000:]
+    reference = hessian_numbers(tmp_path / "ref.json")
+    assert len(reference["sections"]) == 6          # eigenvalues, trace, λ_max of I, C, M and O
+
+    out = tmp_path / "run" / "h.json"
+    argv = ["hessian", "--checkpoint", checkpoint, *HESSIAN, "--out", out]
+    rng = random.Random(5)
+    sections = lambda: len(hessian_numbers(out)["sections"]) if out.exists() else 0
+    for delay in (rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.5)):
+        before, p = sections(), start(argv)
+        wait_for(lambda: sections() > before, p, timeout=240)   # this process saved a section of its own
+        time.sleep(delay)
+        running = p.poll() is None
+        kill_tree(p)
+        assert_readable(tmp_path / "run")
+        partial = hessian_numbers(out)
+        for name in partial["sections"]:               # what a killed run kept equals the uninterrupted run's
+            assert partial["sections"][name] == reference["sections"][name]
+        for key in ("eigenvalues", "train_loss", "trace"):
+            assert partial[key] in (None, reference[key]), key
+        for d, v in (partial["per_domain"] or {}).items():
+            assert v == reference["per_domain"][d]
+    assert running and sections() < 6
+    r = cli(argv)
+    assert r.code == 0, r.err[-2000:]
+    assert hessian_numbers(out) == reference
+    assert stale_temporaries(tmp_path) == []
