@@ -105,12 +105,13 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     mismatch = state_mismatch(model.state_dict(), ckpt["model"])
     if mismatch:
         name = "/".join(str(v) for v in ckpt["arch"].values())
-        raise FaslandError(f"checkpoint '{path}' does not fit the {name} model its arch names ({mismatch}); "
+        raise FaslandError(f"checkpoint '{path}' does not fit the {name} model named by its arch ({mismatch}); "
                            "pass a checkpoint of that architecture")
     model.load_state_dict(ckpt["model"])
     bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise FaslandError(f"checkpoint '{path}' has NaN/inf weights in {bad[0]} (and {len(bad) - 1} more); use an earlier epoch checkpoint of that run")
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise FaslandError(f"checkpoint '{path}' has NaN/inf weights in {bad[0]}{more}; use an earlier epoch checkpoint of that run")
     return model.to(device).eval(), ckpt
 
 
@@ -119,14 +120,18 @@ def state_mismatch(expected: dict, state: dict) -> str:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    def count(names, what):
+        return f"{len(names)} {what} tensor{'s' if len(names) > 1 else ''} ({names[0]}{', …' if len(names) > 1 else ''})"
+
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing tensors such as {missing[0]}")
+        parts.append(count(missing, "missing"))
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected such as {unexpected[0]}")
+        parts.append(count(unexpected, "unexpected"))
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} of another shape such as {k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}")
+        n, more = len(shapes), ", …" if len(shapes) > 1 else ""
+        parts.append(f"{n} mis-shaped tensor{'s' if n > 1 else ''} ({k} is {tuple(state[k].shape)}, not {tuple(expected[k].shape)}{more})")
     return ", ".join(parts)
 
 
