@@ -16,10 +16,10 @@ from training.errors import FaslandError
 
 # Grid sizes and probe sizes per preset: `demo` fits the whole study in minutes on a 2-core CPU.
 SETTINGS = {
-    "demo": {"x1d": "-1:1:21", "x2d": "-1:1:11", "interpolation": "-0.5:1.5:21", "pca_points": 11,
-             "max_samples": 96, "top_k": 3, "trace_samples": 20, "density_iter": 0},
+    "demo": {"x1d": "-1:1:17", "x2d": "-1:1:9", "interpolation": "-0.5:1.5:13", "pca_points": 9,
+             "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 60, "trace_samples": 20, "density_iter": 0},
     "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
-              "max_samples": 1024, "top_k": 5, "trace_samples": 100, "density_iter": 80},
+              "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80},
 }
 LEAVE_ONE_OUT = ("ICM2O", "OCM2I", "OCI2M", "OMI2C")
 LABELS = {"erm": "ERM", "sam": "SAM", "gacfas": "GAC-FAS", "rfm": "RFM"}
@@ -160,9 +160,10 @@ class Study:
         out = self.run_dir(m) / "hessian.json"
         if self.fresh(out, m):
             return
-        argv = ["hessian", "--checkpoint", self.ckpt(m), "--top-k", self.s["top_k"], "--trace", "--per-domain",
+        argv = ["hessian", "--checkpoint", self.ckpt(m), "--top-k", self.s["top_k"], "--tol", self.s["tol"],
+                "--max-iter", self.s["max_iter"], "--trace", "--trace-samples", self.s["trace_samples"], "--per-domain",
                 "--max-samples", self.s["max_samples"], "--device", self.args.device, "--out", out]
-        argv += ["--density"] if self.s["density_iter"] else []
+        argv += ["--density", "--density-iter", self.s["density_iter"]] if self.s["density_iter"] else []
         cli(argv)
 
     def conflicts(self, m: str) -> None:

@@ -1,0 +1,479 @@
+"""Hessian spectra of a model's loss: top eigenvalues, trace, spectral density — all from one
+Hessian-vector product.
+
+The loss is L(θ) = Σ_b n_b L_b(θ) / Σ_b n_b over the batches b = (x_b, y_b) of `data` (L_b the mean
+`loss_fn(model(x_b), y_b)`), i.e. the loss of their union, with the model in eval mode so BatchNorm uses
+its running statistics and H = ∇²L(θ) is one fixed symmetric matrix over the trainable parameters.
+
+- `hessian_eigenvalues`: Lanczos with full reorthogonalization (Ritz values of the tridiagonal T from
+  scipy's eigh_tridiagonal), or power iteration with deflation as PyHessian does.
+- `hessian_trace`: Hutchinson, tr H ≈ mean of vᵀHv over Rademacher v, with its standard error.
+- `hessian_density`: stochastic Lanczos quadrature as PyHessian's `density`: per run the eigenvalues θ_j
+  of T and weights τ_j = (first component of T's j-th eigenvector)², and their Gaussian-broadened mixture.
+
+Under `mpiexec` (analysis.mpi_reduce.World) each rank holds a shard of the batches and every HVP is summed
+over ranks, so all ranks run the same iteration on the same vectors.
+"""
+import contextlib
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+from torch.func import functional_call, grad, jvp
+
+from training.errors import FaslandError
+
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+# The faster of the two on ResNet18 (bench/hessian.py measures both in the same run).
+DEFAULT_HVP = "double_backward"
+KEEP_GRAPH_ELEMENTS = 2 ** 21
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run in eval mode (BatchNorm on its running statistics), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_weights(data, world=None) -> list[float]:
+    """n_b / Σ n over all ranks' batches: averaging batch losses with them gives the union's mean loss."""
+    n_local = sum(len(y) for _, y in data)
+    n = world.sum_scalar(n_local) if world is not None else n_local
+    if n == 0:
+        raise FaslandError("the data for the Hessian holds no samples; pass a probe with at least one image per domain")
+    return [len(y) / n for _, y in data]
+
+
+CHUNK = 8192        # vectors are padded to a multiple of CHUNK entries for the chunked dot product
+SEGMENT = 64 * CHUNK  # reorthogonalization coefficients are summed in float64 over pieces this long
+
+
+class Hessian:
+    """The linear map v ↦ H v on flat vectors over the trainable parameters in `model.parameters()` order,
+    in the model's dtype, zero-padded to a multiple of CHUNK entries (`dot`, `new`, `random` make and
+    measure them). Inner products sum each CHUNK-long piece in the model's dtype and the pieces in float64:
+    a plain float32 dot product over 10⁷ entries (BLAS sdot) is off by 1e-4 relative, enough to bias
+    Ritz values; the chunked one is exact to ~1e-8 at the cost of a BLAS call.
+
+    hvp: "double_backward" (∇(∇L · v)) or "forward_over_reverse" (torch.func.jvp of torch.func.grad).
+    keep_graph: with double_backward, build the graph of ∇L once and differentiate it again for every v
+    (as PyHessian does for one batch): saves a forward and a backward per HVP (about 40% of its time on a
+    ResNet18) but holds the graph of all batches in memory, about 150× the input's bytes on a ResNet18.
+    Default: when the data holds at most KEEP_GRAPH_ELEMENTS input numbers (≈1.3 GB of graph).
+    world: an analysis.mpi_reduce.World whose ranks each pass their own shard of the batches.
+    """
+
+    def __init__(self, model, loss_fn, data, hvp: str = DEFAULT_HVP, world=None, keep_graph: bool | None = None):
+        if hvp not in HVP_METHODS:
+            raise FaslandError(f"unknown Hessian-vector product '{hvp}'; use one of {', '.join(HVP_METHODS)}")
+        self.model, self.loss_fn, self.data, self.world = model, loss_fn, list(data), world
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise FaslandError("the model has no trainable parameters; the Hessian needs parameters with requires_grad=True")
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+        self.padded = -(-self.dim // CHUNK) * CHUNK
+        self.dtype, self.device = self.params[0].dtype, self.params[0].device
+        self.weights = batch_weights(self.data, world)
+        self._hvp = self._double_backward if hvp == "double_backward" else self._forward_over_reverse
+        if keep_graph is None:
+            keep_graph = sum(x.numel() for x, _ in self.data) <= KEEP_GRAPH_ELEMENTS
+        self.keep_graph = hvp == "double_backward" and keep_graph
+        self._graph = None      # [(w ∇L_b with graph, indices of the tensors that depend on θ)] per batch
+        self.calls = 0          # HVPs so far: the cost every method is measured in
+        self.progress = None    # a tqdm bar ticked once per HVP
+
+    # ---- vectors ----------------------------------------------------------------------------------
+    def new(self) -> torch.Tensor:
+        return torch.zeros(self.padded, dtype=self.dtype, device=self.device)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """⟨a, b⟩: CHUNK-long pieces in the vectors' dtype, their sum in float64."""
+        n = self.padded // CHUNK
+        return torch.bmm(a.view(n, 1, CHUNK), b.view(n, CHUNK, 1)).sum(dtype=torch.float64).item()
+
+    def norm(self, a: torch.Tensor) -> float:
+        return math.sqrt(max(self.dot(a, a), 0.0))
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of a flat vector."""
+        return [t.view_as(p) for t, p in zip(v[:self.dim].split(self.numels), self.params)]
+
+    def fill(self, out: torch.Tensor, tensors, w: float = 1.0, add: bool = False) -> torch.Tensor:
+        """out ← w · tensors (or out += …), slice by slice with no flat temporary; None counts as zero."""
+        for t, piece in zip(tensors, self.split(out)):
+            if t is None:
+                if not add:
+                    piece.zero_()
+            elif add:
+                piece.add_(t, alpha=w)
+            else:
+                piece.copy_(t)
+                if w != 1.0:
+                    piece.mul_(w)
+        return out
+
+    def random(self, generator: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+        """A seeded random vector (Gaussian or Rademacher ±1), drawn on the CPU so the same seed gives
+        the same vector on any device."""
+        if kind == "rademacher":
+            r = torch.randint(0, 2, (self.dim,), generator=generator, dtype=torch.int8).to(self.dtype) * 2 - 1
+        else:
+            r = torch.randn(self.dim, generator=generator, dtype=self.dtype)
+        v = self.new()
+        v[:self.dim] = r.to(self.device)
+        return v
+
+    def agree(self, obj):
+        return obj if self.world is None else self.world.agree(obj)
+
+    def _reduce(self, v):
+        return v if self.world is None else self.world.sum(v)
+
+    # ---- the loss, its gradient, its Hessian ---------------------------------------------------------
+    def gradient(self) -> torch.Tensor:
+        """∇L(θ), flat (read off the kept graph when there is one: no extra pass)."""
+        g = self.new()
+        with eval_mode(self.model):
+            if self.keep_graph:
+                for gb, _ in self._gradient_graph():
+                    self.fill(g, [None if t is None else t.detach() for t in gb], add=True)
+            else:
+                for (x, y), w in zip(self.data, self.weights):
+                    loss = self.loss_fn(self.model(x), y)
+                    self.fill(g, torch.autograd.grad(loss, self.params, allow_unused=True), w, add=True)
+        return self._reduce(g)
+
+    def loss(self) -> float:
+        """L(θ) over all ranks' batches."""
+        with eval_mode(self.model), torch.no_grad():
+            local = sum(w * self.loss_fn(self.model(x), y).item() for (x, y), w in zip(self.data, self.weights))
+        return local if self.world is None else self.world.sum_scalar(local)
+
+    def __call__(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """H v = Σ_b w_b ∇²L_b(θ) v (summed over ranks), written into `out` when given."""
+        vs = self.split(v)
+        hv = self.new() if out is None else out
+        with eval_mode(self.model):
+            if self.keep_graph:
+                for b, (g, used) in enumerate(self._gradient_graph()):
+                    products = torch.autograd.grad([g[i] for i in used], self.params, grad_outputs=[vs[i] for i in used],
+                                                   retain_graph=True, allow_unused=True) if used else [None] * len(vs)
+                    self.fill(hv, products, add=b > 0)
+            else:
+                for b, ((x, y), w) in enumerate(zip(self.data, self.weights)):
+                    self.fill(hv, self._hvp(x, y, vs), w, add=b > 0)
+            if not self.data:
+                hv.zero_()
+        self.calls += 1
+        if self.progress is not None:
+            self.progress.update(1)
+        return self._reduce(hv)
+
+    def _first_order(self, x, y, w: float = 1.0):
+        """w ∇L_b with its graph (per parameter, None where unused) and the indices of the gradient tensors
+        that depend on θ — the others, absent or constant, contribute nothing to H v."""
+        loss = w * self.loss_fn(self.model(x), y)
+        g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return g, [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
+
+    def _gradient_graph(self):
+        if self._graph is None:
+            self._graph = [self._first_order(x, y, w) for (x, y), w in zip(self.data, self.weights)]
+        return self._graph
+
+    def _double_backward(self, x, y, vs):
+        """∇_θ (∇_θ L_b · v): reverse over reverse."""
+        g, used = self._first_order(x, y)
+        if not used:
+            return [None] * len(self.params)
+        return torch.autograd.grad([g[i] for i in used], self.params, grad_outputs=[vs[i] for i in used], allow_unused=True)
+
+    def _forward_over_reverse(self, x, y, vs):
+        """d/dt ∇L_b(θ + t v) at t = 0: torch.func.jvp of torch.func.grad over functional_call."""
+        fixed = {**dict(self.model.named_buffers()),
+                 **{n: p for n, p in self.model.named_parameters() if not p.requires_grad}}
+
+        def loss_at(params):
+            return self.loss_fn(functional_call(self.model, {**fixed, **dict(zip(self.names, params))}, (x,)), y)
+
+        primals = tuple(p.detach() for p in self.params)
+        return jvp(grad(loss_at), (primals,), (tuple(vs),))[1]
+
+    def basis_vector(self, i: int) -> torch.Tensor:
+        e = self.new()
+        e[i] = 1
+        return e
+
+    def dense(self) -> torch.Tensor:
+        """The full dim × dim matrix, column i = H e_i (dim HVPs: small models only)."""
+        return torch.stack([self(self.basis_vector(i))[:self.dim] for i in range(self.dim)], dim=1)
+
+
+class _Basis:
+    """Orthonormal Lanczos vectors, stored as the rows of blocks of BLOCK rows (growing never copies)."""
+
+    BLOCK = 16
+
+    def __init__(self, H: Hessian):
+        self.H, self.blocks, self.n = H, [], 0
+
+    def append(self, v: torch.Tensor) -> torch.Tensor:
+        """Store v; returns the stored row."""
+        if self.n == len(self.blocks) * self.BLOCK:
+            self.blocks.append(torch.empty((self.BLOCK, self.H.padded), dtype=self.H.dtype, device=self.H.device))
+        row = self.blocks[-1][self.n % self.BLOCK]
+        row.copy_(v)
+        self.n += 1
+        return row
+
+    def _filled(self):
+        return [B[:min(self.BLOCK, self.n - i * self.BLOCK)] for i, B in enumerate(self.blocks)]
+
+    def orthogonalize_(self, w: torch.Tensor) -> float:
+        """w ← w − V Vᵀ w in place by classical Gram–Schmidt, a second pass when the first cancelled much
+        of w (the Daniel–Gragg–Kaufman–Stewart test). Returns ‖w‖ after. The coefficients Vᵀw are taken
+        SEGMENT entries at a time, each piece one matrix-vector product over all stored vectors (one pass
+        through memory), the pieces summed in float64: accurate to ~1e-7‖w‖, which is all reorthogonalization needs."""
+        norm = self.H.norm(w)
+        for _ in range(2):
+            for V in self._filled():
+                c = torch.zeros(len(V), dtype=torch.float64, device=w.device)
+                for k in range(0, self.H.padded, SEGMENT):
+                    c += (V[:, k:k + SEGMENT] @ w[k:k + SEGMENT]).double()
+                w.addmv_(V.T, c.to(w.dtype), alpha=-1)
+            before, norm = norm, self.H.norm(w)
+            if norm >= 0.7071 * before:
+                break
+        return norm
+
+
+def lanczos(H: Hessian, v0: torch.Tensor, steps: int, stop=None):
+    """Lanczos tridiagonalization T = Vᵀ H V, V orthonormal with V e_1 = v0/‖v0‖, fully reorthogonalized.
+
+    Returns (alpha, beta): T's diagonal (m) and off-diagonal (m−1), float64. Stops after `steps`, when the
+    Krylov space is invariant (β ≈ 0: T's eigenvalues are then exact eigenvalues of H), or when
+    `stop(alpha, beta, beta_next)` is true — beta_next = ‖r_m‖, the residual scale of every Ritz pair.
+    """
+    steps = min(steps, H.dim)
+    basis = _Basis(H)
+    v = basis.append(v0)
+    v.div_(H.norm(v))
+    alpha, beta = [], []
+    scale = 0.0
+    w = H.new()                     # one work vector for every product: no fresh dim-long buffer per step
+    for j in range(steps):
+        w = H(v, out=w)
+        a = H.dot(w, v)
+        alpha.append(a)
+        b = basis.orthogonalize_(w.sub_(v, alpha=a))
+        scale = max(scale, abs(a) + b + (beta[-1] if beta else 0.0))
+        invariant = b <= 100 * torch.finfo(H.dtype).eps * max(scale, 1e-300)   # the products' precision
+        done = H.agree(invariant or j + 1 == steps or (stop is not None and stop(alpha, beta, b)))
+        if done:
+            break
+        beta.append(b)
+        v = basis.append(w.div_(b))
+    return np.array(alpha, dtype=np.float64), np.array(beta, dtype=np.float64)
+
+
+def ritz_values(alpha, beta) -> np.ndarray:
+    """Eigenvalues of the tridiagonal T(alpha, beta), ascending."""
+    if len(alpha) == 1:
+        return np.array(alpha, dtype=np.float64)
+    return eigh_tridiagonal(alpha, beta, eigvals_only=True)
+
+
+def _top_converged(top_k: int, tol: float):
+    """Stop rule for the top-k Ritz values θ_i: the error bound min(r_i, r_i²/gap_i) ≤ tol·|θ_i|, where
+    r_i = β_m |s_{m,i}| is the Ritz pair's residual norm and gap_i the distance to the nearest other
+    Ritz value (the Kahan–Parlett–Jiang bound: for an isolated eigenvalue the error is quadratic in r)."""
+
+    def stop(alpha, beta, b):
+        m = len(alpha)
+        if m < top_k + 1:
+            return False
+        theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta))
+        top = np.arange(m - 1, m - 1 - top_k, -1)
+        r = np.abs(b * S[-1, top])
+        gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in top])
+        err = np.minimum(r, np.where(gaps > 0, r * r / np.maximum(gaps, 1e-300), np.inf))
+        return bool(np.all(err <= tol * np.abs(theta[top])))
+
+    return stop
+
+
+def lanczos_start(H: Hessian, generator: torch.Generator) -> torch.Tensor:
+    """ĝ + r̂: the normalized loss gradient plus a normalized seeded Gaussian vector. The gradient of a
+    trained network lies mostly in the top eigenspace of H (Gur-Ari et al. 2018), so the first Krylov
+    vectors already carry the top eigenvectors: λ_max converges in 2–4 products where a random start needs
+    about twice as many. The random part keeps every eigenvector in reach whatever the gradient is."""
+    v = H.random(generator)
+    v.div_(H.norm(v))
+    g = H.gradient()
+    gn = H.norm(g)
+    return v.add_(g, alpha=1 / gn) if math.isfinite(gn) and gn > 0 else v
+
+
+def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
+                    max_iter: int = 300, start: str = "gradient") -> list[float]:
+    """The top_k eigenvalues of the operator H, descending (see `hessian_eigenvalues`)."""
+    if top_k < 1 or top_k > H.dim:
+        raise FaslandError(f"--top-k {top_k} must be between 1 and the number of parameters ({H.dim})")
+    if not tol > 0:
+        raise FaslandError(f"--tol {tol} must be positive; pass e.g. --tol 1e-4")
+    g = torch.Generator().manual_seed(seed)
+    if method == "lanczos":
+        if start not in ("gradient", "random"):
+            raise FaslandError(f"unknown Lanczos start '{start}'; use gradient or random")
+        v0 = lanczos_start(H, g) if start == "gradient" else H.random(g)
+        alpha, beta = lanczos(H, v0, max(max_iter, top_k + 1), _top_converged(top_k, tol))
+        return [float(t) for t in ritz_values(alpha, beta)[::-1][:top_k]]
+    if method == "power":
+        return power_iteration(H, top_k, tol, g, max_iter)
+    raise FaslandError(f"unknown eigenvalue method '{method}'; use lanczos or power")
+
+
+def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = 300) -> list[float]:
+    """PyHessian's method: for each i, iterate v ← Hv/‖Hv‖ on the complement of the eigenvectors found so
+    far, λ = vᵀHv, until |Δλ| / (|λ| + 1e-6) < tol. Finds the eigenvalues largest in magnitude."""
+    values, vectors = [], []
+    for _ in range(top_k):
+        v = H.random(generator)
+        lam = None
+        for _ in range(max_iter):
+            for u in vectors:
+                v.sub_(u, alpha=H.dot(u, v))
+            v.div_(H.norm(v))
+            hv = H(v)
+            new = H.dot(hv, v)
+            v = hv.div_(H.norm(hv))
+            done = H.agree(lam is not None and abs(new - lam) / (abs(lam) + 1e-6) < tol)
+            lam = new
+            if done:
+                break
+        values.append(lam)
+        vectors.append(v)
+    return sorted(values, reverse=True)
+
+
+def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
+                        max_iter: int = 300, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
+                        world=None, progress=None) -> list[float]:
+    """The top_k eigenvalues of ∇²L(θ), descending.
+
+    method "lanczos": algebraically largest Ritz values, stopped once each has relative error bound ≤ tol;
+    started from the gradient plus a seeded random vector (start="gradient") or a random vector alone.
+    method "power": PyHessian's power iteration with deflation (largest in magnitude, relative change < tol).
+    """
+    H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
+    H.progress = progress
+    return top_eigenvalues(H, top_k, tol, method, seed, max_iter, start)
+
+
+class Trace(NamedTuple):
+    mean: float       # estimate of tr H
+    stderr: float     # standard error of the mean (0 for the exact trace)
+    samples: list     # vᵀHv per probe vector (H_ii per basis vector for the exact trace)
+
+
+def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
+    """Hutchinson: tr H = E[vᵀHv] over Rademacher v; stops after n_samples or once stderr ≤ tol·|mean|."""
+    if n_samples < 2:
+        raise FaslandError(f"the trace needs at least 2 Hutchinson samples to give a standard error, not {n_samples}")
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n_samples):
+        v = H.random(g, "rademacher")
+        samples.append(H.dot(v, H(v)))
+        mean, se = _mean_stderr(samples)
+        if H.agree(i + 1 >= min_samples and se <= tol * abs(mean)):
+            break
+    return Trace(*_mean_stderr(samples), samples)
+
+
+def _mean_stderr(samples):
+    x = np.asarray(samples, dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("inf")
+
+
+def exact_trace(H: Hessian) -> Trace:
+    """Σ_i e_iᵀ H e_i over every basis vector (dim HVPs: small models only)."""
+    diag = [H(H.basis_vector(i))[i].item() for i in range(H.dim)]
+    return Trace(float(np.sum(diag)), 0.0, diag)
+
+
+def hessian_trace(model, loss_fn, data, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutchinson",
+                  hvp: str = DEFAULT_HVP, keep_graph: bool | None = None, world=None, progress=None) -> Trace:
+    """tr ∇²L(θ) as Trace(mean, stderr, samples): Hutchinson's estimator (method "hutchinson"), or exactly
+    from every basis vector (method "exact", one HVP per parameter)."""
+    H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
+    H.progress = progress
+    if method == "exact":
+        return exact_trace(H)
+    if method != "hutchinson":
+        raise FaslandError(f"unknown trace method '{method}'; use hutchinson or exact")
+    return trace_estimate(H, n_samples, tol, seed)
+
+
+class Density(NamedTuple):
+    nodes: list       # per run: eigenvalues θ_j of the Lanczos tridiagonal T
+    weights: list     # per run: τ_j = (e_1ᵀ s_j)², summing to 1
+    grid: np.ndarray  # where the broadened density is evaluated
+    density: np.ndarray  # (1/runs) Σ_runs Σ_j τ_j N(t; θ_j, sigma²) on the grid
+    sigma: float      # the Gaussian's standard deviation
+
+
+def slq(H: Hessian, n_iter: int = 100, n_runs: int = 1, seed: int = 0) -> tuple[list, list]:
+    """Stochastic Lanczos quadrature: n_runs Lanczos runs of n_iter steps from normalized Rademacher
+    vectors v; each gives nodes θ_j and weights τ_j with Σ_j τ_j f(θ_j) ≈ vᵀ f(H) v / vᵀv (exact for
+    polynomials of degree < 2·n_iter), whose mean over v is tr f(H) / dim."""
+    g = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    for _ in range(n_runs):
+        alpha, beta = lanczos(H, H.random(g, "rademacher"), n_iter)
+        if len(alpha) == 1:
+            theta, S = alpha.copy(), np.ones((1, 1))
+        else:
+            theta, S = eigh_tridiagonal(alpha, beta)
+        nodes.append(theta.tolist())
+        weights.append((S[0] ** 2).tolist())
+    return nodes, weights
+
+
+def broaden(nodes, weights, grid_size: int = 1000, sigma: float | None = None, sigma_rel: float = 0.01):
+    """The Gaussian mixture (1/runs) Σ_runs Σ_j τ_j N(t; θ_j, σ²) on a grid reaching 6σ past the extreme nodes,
+    σ = sigma_rel × (spread of the nodes) unless given; the mixture integrates to 1."""
+    flat = np.concatenate([np.asarray(n, dtype=np.float64) for n in nodes])
+    lo, hi = flat.min(), flat.max()
+    if sigma is None:
+        sigma = sigma_rel * max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    grid = np.linspace(lo - 6 * sigma, hi + 6 * sigma, grid_size)
+    density = np.zeros(grid_size)
+    for theta, tau in zip(nodes, weights):
+        theta, tau = np.asarray(theta)[:, None], np.asarray(tau)[:, None]
+        density += (tau * np.exp(-0.5 * ((grid[None] - theta) / sigma) ** 2)).sum(0)
+    density /= len(nodes) * sigma * math.sqrt(2 * math.pi)
+    return grid, density, float(sigma)
+
+
+def hessian_density(model, loss_fn, data, n_iter: int = 100, n_runs: int = 1, seed: int = 0, grid_size: int = 1000,
+                    sigma: float | None = None, sigma_rel: float = 0.01, hvp: str = DEFAULT_HVP,
+                    keep_graph: bool | None = None, world=None, progress=None) -> Density:
+    """The spectral density of ∇²L(θ) by stochastic Lanczos quadrature (as PyHessian's `density`):
+    per-run nodes and weights, and their Gaussian-broadened mixture on a grid."""
+    if n_iter < 1 or n_runs < 1:
+        raise FaslandError(f"the density needs at least one Lanczos step and one run, not {n_iter} steps × {n_runs} runs")
+    H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
+    H.progress = progress
+    nodes, weights = slq(H, n_iter, n_runs, seed)
+    grid, density, sigma = broaden(nodes, weights, grid_size, sigma, sigma_rel)
+    return Density(nodes, weights, grid, density, sigma)
