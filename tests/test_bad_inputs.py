@@ -298,7 +298,6 @@ def test_bad_input_gives_one_sentence_and_touches_nothing(case, workspace, tmp_p
     assert not (workspace / "RAN").exists(), "a pickled object was unpickled"
 
 
-@pytest.mark.xfail(strict=True, reason=RUN_DIR)
 def test_a_failed_start_does_not_lock_the_run_folder(workspace, tmp_path):
     """Bad settings fail before the run folder records them: the corrected command then runs."""
     run = tmp_path / "r"

@@ -90,8 +90,6 @@ def test_train_killed_twice_then_rerun_equals_uninterrupted(tiny_run, tmp_path):
     assert stale_temporaries(run) == []
 
 
-@pytest.mark.xfail(strict=True, reason="training/trainer.py: with resume.pt at the last epoch the loop is skipped and "
-                                       "`metrics` is unbound at the final save_checkpoint (UnboundLocalError)")
 def test_train_killed_between_its_last_saves_finishes_on_rerun(tiny_run, tmp_path):
     """The window after the last resume.pt but before checkpoint.pt / metrics.json: the rerun must finish
     (not redo or crash)."""
@@ -106,8 +104,6 @@ def test_train_killed_between_its_last_saves_finishes_on_rerun(tiny_run, tmp_pat
     assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="training/trainer.py: json.loads on every steps.jsonl line before filtering by epoch "
-                                       "(JSONDecodeError on a torn last line)")
 def test_train_resumes_over_a_torn_step_log_line(tiny_run, tmp_path, monkeypatch):
     """steps.jsonl is appended through a buffer: a kill can leave half a line, which the rerun must drop."""
     import yaml

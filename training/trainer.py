@@ -102,6 +102,14 @@ def summarize(evaluations: list[dict], last: int) -> dict:
     return out
 
 
+def step_epoch(line: str) -> float:
+    """The epoch of one steps.jsonl line; a line torn by a kill counts as unfinished (dropped on resume)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def epoch_lr_factor(epoch: int, t: dict) -> float:
     """StepLR: lr × gamma^⌊epoch / step⌋ (step 0 = constant)."""
     return t["lr_gamma"] ** (epoch // t["lr_step"]) if t["lr_step"] else 1.0
@@ -136,11 +144,11 @@ def prepare_run_dir(out: Path, config: dict) -> None:
 def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
     """Train (or resume, or skip if finished) the run of `config` into `out_dir`; returns metrics.json's content."""
     out = Path(out_dir)
-    prepare_run_dir(out, config)
     t, device = config["train"], torch.device(device)
     for key in ("epochs", "steps_per_epoch", "batch_per_domain"):
         if not isinstance(t[key], int) or t[key] <= 0:
             raise FaslandError(f"train.{key} = {t[key]!r} must be a positive integer; fix it in the config or preset")
+    prepare_run_dir(out, config)   # after validation: a rejected start does not lock the folder to its settings
     if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
         done = load_checkpoint(out / "checkpoint.pt")
         if done["epoch"] >= t["epochs"]:
@@ -175,8 +183,9 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
         algo.load_extra_state(state["algorithm"])
         start, evaluations = state["epoch"], state["metrics"]["evaluations"]
         log.info(f"resumed from epoch {start}")
+    metrics = summarize(evaluations, t["eval_last"])
     steps_log = out / "steps.jsonl"
-    keep = [l for l in steps_log.read_text().splitlines() if json.loads(l)["epoch"] <= start] if steps_log.exists() and start else []
+    keep = [l for l in steps_log.read_text().splitlines() if step_epoch(l) <= start] if steps_log.exists() and start else []
     steps_log.write_text("".join(l + "\n" for l in keep))
 
     if start == 0:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -632,6 +633,8 @@ def load(domain: str, split: str, image_size: int = 64, samples: int | None = No
     try:
         torch.save(data._asdict(), tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:   # a full or read-only disk: the cache is only a speed-up
+        print(f"fasland: could not cache SynthFAS in '{path.parent}' ({e}); continuing without the cache", file=sys.stderr)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
