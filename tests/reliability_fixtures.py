@@ -250,10 +250,3 @@ def datasets(path) -> dict:
         f.visititems(visit)
     return out
 
-
-def has_command(name: str) -> bool:
-    """Whether `fasland NAME` exists in this checkout (commands land one by one)."""
-    return cli([name, "--help"]).code == 0
-
-
-needs_analysis = pytest.mark.skipif(not has_command("hessian"), reason="fasland hessian/conflicts have not landed in analysis/cli.py yet")

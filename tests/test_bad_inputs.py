@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from reliability_fixtures import CONFIG, TINY_TRAIN, cli, full_disk, has_command, make_checkpoint, write_tiny_config
+from reliability_fixtures import CONFIG, TINY_TRAIN, cli, full_disk, make_checkpoint, write_tiny_config
 
 SURF = ["--max-samples", "4", "--batch-size", "16", "--threads", "1"]
 TRAIN = ["train", "--protocol", "ICM2O", "--method", "erm", "--image-size", "32", "--threads", "1"]
@@ -41,11 +41,8 @@ def hessian(*extra, ck="{d}/c.pt", out="{t}/h.json"):
 
 DIRECTIONS_SAVE = "landscape/directions.py save_directions: tmp.unlink raises NotADirectoryError / h5py close raises RuntimeError"
 STORE_SAVE = "landscape/store.py SurfaceStore.save: h5py raises RuntimeError on a full disk, only OSError is caught"
-RUN_DIR = "training/trainer.py writes config.yaml before validating, so the fixed rerun is refused"
 EXPORT_MKDIR = "landscape/exports: out.parent.mkdir runs outside the try of each writer (vtk_files, figures, html_page)"
 CURVES_NAME = "landscape/exports/figures.py: 1-D curves never check --surf-name, an unknown name is accepted silently"
-ANALYSIS_WRITE = "analysis/cli.py write_json: tmp.unlink(missing_ok=True) raises NotADirectoryError when the folder is a file"
-ANALYSIS_OVERWRITE = "analysis/cli.py: an existing --out that is not a fasland result is overwritten (read as {} and replaced)"
 FIGURE_2D = "landscape/exports/figures.py contour_figure: min(s.x.min(), *px) with no trajectory raises TypeError"
 
 CASES = [
@@ -151,8 +148,9 @@ CASES = [
     Case("hessian-ckpt-truncated", hessian(ck="{d}/truncated.pt"), ["{d}/truncated.pt"]),
     Case("hessian-ckpt-pickled", hessian(ck="{d}/evil.pt"), ["{d}/evil.pt", "pickled"]),
     Case("hessian-out-read-only", hessian(out=READ_ONLY + "/h.json"), [READ_ONLY + "/h.json"]),
-    Case("hessian-out-under-a-file", hessian(out="{d}/file/h.json"), ["{d}/file/h.json"], xfail=ANALYSIS_WRITE),
-    Case("hessian-out-not-ours", hessian(out="{d}/notes.json"), ["{d}/notes.json"], xfail=ANALYSIS_OVERWRITE),
+    Case("hessian-out-under-a-file", hessian(out="{d}/file/h.json"), ["{d}/file/h.json"]),
+    Case("hessian-out-not-ours", hessian(out="{d}/notes.json"), ["{d}/notes.json"]),
+    Case("conflicts-out-not-ours", ["conflicts", "--checkpoint", "{d}/c.pt", *SURF, "--out", "{d}/notes.json"], ["{d}/notes.json"]),
     Case("conflicts-nothing-to-do", ["conflicts", "--out", "{t}/c.json"], ["--checkpoint", "--trajectory"]),
     Case("conflicts-trajectory-not-a-folder", ["conflicts", "--trajectory", "{d}/file", "--out", "{t}/c.json"], ["{d}/file"]),
     Case("conflicts-trajectory-without-epochs", ["conflicts", "--trajectory", "{d}/empty", "--out", "{t}/c.json"], ["{d}/empty"]),
@@ -266,9 +264,6 @@ def fingerprint(root: Path) -> dict:
 
 def param(case: Case):
     marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
-    command = case.argv[0]
-    if command in ("hessian", "conflicts") and not has_command(command):
-        marks.append(pytest.mark.skip(reason=f"fasland {command} has not landed in analysis/cli.py yet"))
     return pytest.param(case, id=case.id, marks=marks)
 
 
