@@ -343,7 +343,7 @@ def test_far_surface_stores_nan_and_inf_without_crashing(far_surface):
     assert x[-1] == 1e4
 
 
-@pytest.mark.parametrize("fmt", ["vtk", "html", pytest.param("png", marks=pytest.mark.xfail(strict=True, reason=FIGURE_2D))])
+@pytest.mark.parametrize("fmt", ["vtk", "html", "png"])
 def test_exports_mask_non_finite_points(far_surface, tmp_path, fmt):
     out = tmp_path / {"vtk": "v", "html": "p.html", "png": "f.png"}[fmt]
     r = cli(["export", fmt, far_surface, "--out", out])

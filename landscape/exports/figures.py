@@ -72,8 +72,8 @@ def contour_figure(surfaces: list[Surface], name: str = "train_loss", log: bool 
             ax.set_xlabel(ax.get_xlabel() or r"$\alpha$ (direction 1)")
             ax.set_ylabel(ax.get_ylabel() or (r"$\beta$ (direction 2)" if c == 0 else ""))
             px, py = (t.x, t.y) if t is not None and t.y is not None else (np.empty(0), np.empty(0))
-            ax.set_xlim(min(s.x.min(), *px), max(s.x.max(), *px))   # the grid, and the whole path if it leaves it
-            ax.set_ylim(min(s.y.min(), *py), max(s.y.max(), *py))
+            ax.set_xlim(min([s.x.min(), *px]), max([s.x.max(), *px]))   # the grid, and the whole path if it leaves it
+            ax.set_ylim(min([s.y.min(), *py]), max([s.y.max(), *py]))
             ax.set_aspect("equal", adjustable="box")
             ax.set_title(label)
             ax3 = fig.add_subplot(2, n, n + c + 1, projection="3d")
