@@ -99,21 +99,10 @@ def _read_previous(path) -> dict:
 def write_json(path, obj) -> None:
     """JSON to a temporary file beside `path`, then renamed over it: a kill never leaves a torn file."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable output folder with free space") from None
+    from training.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def check_out(path, command: str) -> None:

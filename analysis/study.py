@@ -234,11 +234,11 @@ class Study:
         self.say("report")
         rows = self.rows()
         domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
-        head = ("| method | target HTER | target AUC | source HTER | λ_max | trace | conflict at θ | conflict at ascent | "
-                f"width at +{WIDTH_DELTA} |\n|---|---|---|---|---|---|---|---|---|\n")
+        head = ("| method | target HTER | target AUC | source HTER | λ_max | trace | conflict at θ | conflict at SAM ascent | "
+                f"conflict at GAC-FAS ascents | width at +{WIDTH_DELTA} |\n|---|---|---|---|---|---|---|---|---|---|\n")
         table = head + "".join(
             f"| {r['method']} | {pct(r['hter'])} | {pct(r['auc'])} | {pct(r['source_hter'])} | {num(r['lambda_max'])} | "
-            f"{num(r['trace'])} | {num(r['conflict_theta'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
+            f"{num(r['trace'])} | {num(r['conflict_theta'], 3)} | {num(r['conflict_sam'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
             for r in rows)
         if domains:
             table += ("\nλ_max per domain (sources, then the target):\n\n| method | " + " | ".join(domains) + " |\n|---|"
@@ -294,10 +294,11 @@ def hessian_numbers(h: dict) -> dict:
 
 
 def conflict_numbers(c: dict) -> dict:
-    """Mean conflict at θ and at the GAC-FAS ascent points from a `fasland conflicts` JSON."""
-    def score(block):
-        return block.get("conflict") if isinstance(block, dict) else None
-    return {"conflict_theta": score(c.get("theta")), "conflict_ascent": score(c.get("gacfas_ascent", c.get("ascent")))}
+    """Mean conflict at θ, at SAM's ascent point and among the GAC-FAS ascent gradients, from the `summary`
+    block of a `fasland conflicts` JSON."""
+    s = c.get("summary", {})
+    return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
+            "conflict_ascent": s.get("conflict_gacfas")}
 
 
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:

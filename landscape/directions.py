@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 NORMS = ("filter", "layer", "weight", "none")
@@ -224,10 +225,7 @@ def save_directions(path, directions: Directions, attrs: dict | None = None) -> 
     """Write the reference layout to a temporary file, then rename (a kill never leaves a torn file)."""
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def write(tmp):
         with h5py.File(tmp, "w", locking=False) as f:
             for name, d in (("xdirection", directions.x), ("ydirection", directions.y)):
                 if d is not None:
@@ -240,10 +238,8 @@ def save_directions(path, directions: Directions, attrs: dict | None = None) -> 
             f.attrs["recipe"] = json.dumps(directions.recipe, sort_keys=True)
             for k, v in (attrs or {}).items():
                 f.attrs[k] = v
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write directions to '{path}' ({e.strerror or e}); choose a writable output folder with free space") from None
+
+    atomic_write(path, write)
 
 
 def load_directions(path, model: nn.Module | None = None, dir_type: str | None = None) -> Directions:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 FORMAT = "fasland-surface-1"
@@ -152,8 +153,8 @@ class SurfaceStore:
         if self.path is None:
             return
         start = time.monotonic()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
+
+        def write(tmp):
             with h5py.File(tmp, "w", locking=False) as f:
                 f["xcoordinates"] = self.x
                 if self.y is not None:
@@ -170,11 +171,9 @@ class SurfaceStore:
                     f.attrs[k] = attr_value(v)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            self.start_journal()
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise FaslandError(f"cannot write the surface file '{self.path}' ({e.strerror or e}); choose a writable --out folder with free space") from None
+
+        atomic_write(self.path, write)
+        self.start_journal()
         self.last_save = time.monotonic()
         self.save_cost = self.last_save - start
         self.dirty = False

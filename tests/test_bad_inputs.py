@@ -39,11 +39,6 @@ def hessian(*extra, ck="{d}/c.pt", out="{t}/h.json"):
     return ["hessian", "--checkpoint", ck, "--max-samples", "2", "--max-iter", "2", "--threads", "1", *extra, "--out", out]
 
 
-DIRECTIONS_SAVE = "landscape/directions.py save_directions: tmp.unlink raises NotADirectoryError / h5py close raises RuntimeError"
-STORE_SAVE = "landscape/store.py SurfaceStore.save: h5py raises RuntimeError on a full disk, only OSError is caught"
-EXPORT_MKDIR = "landscape/exports: out.parent.mkdir runs outside the try of each writer (vtk_files, figures, html_page)"
-CURVES_NAME = "landscape/exports/figures.py: 1-D curves never check --surf-name, an unknown name is accepted silently"
-FIGURE_2D = "landscape/exports/figures.py contour_figure: min(s.x.min(), *px) with no trajectory raises TypeError"
 
 CASES = [
     # ---- train: names, config, sizes
@@ -110,10 +105,10 @@ CASES = [
     Case("out-other-grid", surface(x="-1:1:3", out="{d}/done.h5"), ["{d}/done.h5", "grid"]),
     Case("out-other-checkpoint", surface(ck="{d}/c2.pt", out="{d}/done.h5"), ["{d}/done.h5", "checkpoint"]),
     Case("out-is-a-folder", surface(out="{d}/empty"), ["{d}/empty"]),
-    Case("out-under-a-file", surface(out="{d}/file/s.h5"), ["{d}/file/s"], xfail=DIRECTIONS_SAVE),
+    Case("out-under-a-file", surface(out="{d}/file/s.h5"), ["{d}/file/s"]),
     Case("out-read-only", surface(out=READ_ONLY + "/s.h5"), [READ_ONLY + "/s"]),
-    Case("out-full-disk-directions", surface(), ["{t}/s.dirs.h5"], fsize=1 << 20, xfail=DIRECTIONS_SAVE),
-    Case("out-full-disk-surface", surface("--dir-file", "{d}/done.dirs.h5"), ["{t}/s.h5"], fsize=4096, xfail=STORE_SAVE),
+    Case("out-full-disk-directions", surface(), ["{t}/s.dirs.h5"], fsize=1 << 20),
+    Case("out-full-disk-surface", surface("--dir-file", "{d}/done.dirs.h5"), ["{t}/s.h5"], fsize=4096),
     # ---- surface: direction files
     Case("dir-file-missing", surface("--dir-file", "{d}/nope.h5"), ["{d}/nope.h5"]),
     Case("dir-file-not-hdf5", surface("--dir-file", "{d}/c.pt"), ["{d}/c.pt"]),
@@ -130,16 +125,14 @@ CASES = [
     Case("export-json-corrupt", ["export", "html", "{d}/broken.json", "--out", "{t}/p.html"], ["{d}/broken.json"]),
     Case("export-json-not-an-object", ["export", "html", "{d}/list.json", "--out", "{t}/p.html"], ["{d}/list.json"]),
     Case("export-unknown-array", ["export", "vtk", "{d}/done.h5", "--surf-name", "nope", "--out", "{t}/v"], ["'nope'"]),
-    Case("export-unknown-array-1d-png", ["export", "png", "{d}/done.h5", "--surf-name", "nope", "--out", "{t}/f.png"], ["'nope'"],
-         xfail=CURVES_NAME),
+    Case("export-unknown-array-1d-png", ["export", "png", "{d}/done.h5", "--surf-name", "nope", "--out", "{t}/f.png"], ["'nope'"]),
+    Case("export-unknown-array-1d-html", ["export", "html", "{d}/done.h5", "--surf-name", "nope", "--out", "{t}/p.html"], ["'nope'"]),
     Case("export-levels-not-numbers", ["export", "png", "{d}/done.h5", "--levels", "a:b:c", "--out", "{t}/f.png"], ["a:b:c"]),
     Case("export-unknown-image-format", ["export", "png", "{d}/done.h5", "--out", "{t}/f.xyz"], [".xyz"]),
     Case("export-labels-count", ["export", "png", "{d}/done.h5", "--labels", "A,B", "--out", "{t}/f.png"], ["--labels"]),
-    Case("export-vtk-out-under-a-file", ["export", "vtk", "{d}/done.h5", "--out", "{d}/file/v"], ["{d}/file/v"], xfail=EXPORT_MKDIR),
-    Case("export-html-out-under-a-file", ["export", "html", "{d}/done.h5", "--out", "{d}/file/p.html"], ["{d}/file/p.html"],
-         xfail=EXPORT_MKDIR),
-    Case("export-png-out-read-only", ["export", "png", "{d}/done.h5", "--out", READ_ONLY + "/f.png"], [READ_ONLY + "/f.png"],
-         xfail=EXPORT_MKDIR),
+    Case("export-vtk-out-under-a-file", ["export", "vtk", "{d}/done.h5", "--out", "{d}/file/v"], ["{d}/file/v"]),
+    Case("export-html-out-under-a-file", ["export", "html", "{d}/done.h5", "--out", "{d}/file/p.html"], ["{d}/file/p.html"]),
+    Case("export-png-out-read-only", ["export", "png", "{d}/done.h5", "--out", READ_ONLY + "/f.png"], [READ_ONLY + "/f.png"]),
     # ---- hessian and conflicts
     Case("hessian-zero-top-k", hessian("--top-k", "0"), ["--top-k 0"]),
     Case("hessian-negative-tol", hessian("--tol", "-1"), ["--tol -1"]),

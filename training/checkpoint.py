@@ -19,17 +19,18 @@ KEYS = ("model", "arch", "config", "epoch", "metrics")
 
 def atomic_save(obj, path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves a torn file."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(path, obj) -> None:
     """JSON to a temporary file beside `path`, then rename."""
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
-def _atomic_write(path, write) -> None:
+def atomic_write(path, write) -> Path:
     """write(tmp) then rename tmp over `path`; temporaries left by killed writers of `path` are removed.
-    A failed write (read-only folder, full disk: torch.save reports that as a RuntimeError) is one sentence."""
+    A failed write (read-only folder, a file where a folder should be, full disk: torch.save and h5py
+    report that as a RuntimeError) is one sentence, and `path` keeps its old content."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -44,6 +45,7 @@ def _atomic_write(path, write) -> None:
         reason = (f"'{blocker}' is a file, not a folder" if blocker else e.strerror if isinstance(e, OSError) and e.strerror
                   else "the write stopped part-way, is the disk full?")
         raise FaslandError(f"cannot write '{path}' ({reason}); choose a writable output folder with free space") from None
+    return path
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -1,7 +1,6 @@
 """Paper figures with matplotlib (no pyplot state): for 2-D surfaces, labelled contour maps with the training
 path above 3D surfaces, one column per file with the very same levels and colour range; for 1-D surfaces,
 loss curves of every domain with accuracy on a second axis, on shared axes."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from landscape.exports.surface_file import Surface, finite_range, nice_levels
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 STYLE = {"font.family": "serif", "mathtext.fontset": "dejavuserif", "font.size": 8, "axes.titlesize": 9,
@@ -134,18 +134,9 @@ def save_figure(fig: Figure, out, dpi: int = 200) -> Path:
     """Save by the file's extension (png, pdf, svg), through a temporary file and a rename."""
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower() or "png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, out)
-    except ValueError:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot save '{out}': unknown image format '.{fmt}'; use .png, .pdf or .svg") from None
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{out}' ({e.strerror}); choose a writable output path") from None
-    return out
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise FaslandError(f"cannot save '{out}': unknown image format '.{fmt}'; use .png, .pdf or .svg")
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
 
 
 def export_png(paths, out, surf_name: str = "train_loss", log: bool = False, zmax: float | None = None,
@@ -154,11 +145,11 @@ def export_png(paths, out, surf_name: str = "train_loss", log: bool = False, zma
     from landscape.exports.surface_file import common_names, read_surfaces
 
     surfaces = read_surfaces(paths)
-    if surfaces[0].ndim == 1:
-        return save_figure(curves_figure(surfaces, labels), out, dpi)
     names = common_names(surfaces)
     if surf_name not in names:
         for s in surfaces:
             s.check_name(surf_name)
         raise FaslandError(f"'{surf_name}' is not in every surface; pass --surf-name with one of: {', '.join(names)}")
+    if surfaces[0].ndim == 1:
+        return save_figure(curves_figure(surfaces, labels), out, dpi)
     return save_figure(contour_figure(surfaces, surf_name, log, zmax, labels, levels), out, dpi)

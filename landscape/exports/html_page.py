@@ -6,7 +6,6 @@ every domain's loss (left axis) and accuracy/HTER/AUC (right axis) per file, on 
 files: Hessian densities and top eigenvalues; conflict matrices as heatmaps and over epochs as lines.
 """
 import html
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from landscape.exports.results_json import Conflicts, Spectrum
 from landscape.exports.surface_file import Surface, common_names, finite_range, height_along, nice_levels
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -258,16 +258,7 @@ def write_page(figures: list[tuple[str, go.Figure]], out, title: str = "fasland"
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title + "</title>\n"
             "<style>body{font-family:sans-serif;margin:16px;color:#222}h2{font-size:17px;font-weight:600;margin:18px 0 4px}"
             "</style></head><body>\n<h1 style=\"font-size:20px\">" + title + "</h1>\n" + "\n".join(parts) + "\n</body></html>\n")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{out}' ({e.strerror}); choose a writable output path") from None
-    return out
+    return atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def export_html(paths, out, surf_name: str = "train_loss", log: bool = False, zmax: float | None = None,
@@ -298,6 +289,8 @@ def export_html(paths, out, surf_name: str = "train_loss", log: bool = False, zm
         figures.append(("Loss surfaces (2-D)", surfaces_figure(list(ss), surf_name, log, zmax, list(ls))))
     if groups["surface1"]:
         ss, ls = zip(*groups["surface1"])
+        for s in ss:
+            s.check_name(surf_name)   # the curves show every array; a misspelt name is still an error
         figures.append(("Loss curves (1-D)", curves_figure(list(ss), list(ls))))
     if groups["hessian"]:
         figures.append(("Hessian spectra", hessian_figure(groups["hessian"])))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from landscape.exports.surface_file import Surface
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 TEMPLATE = Path(__file__).with_name("scene_template.py")
@@ -52,15 +53,7 @@ def write_scene(prefix, files: dict, surface: Surface, surf_name: str, log: bool
         raise RuntimeError("scene_template.py lost its 'SCENE = {}' line")
     scene = scene_dict(files, surface, surf_name, log, h, zscale)
     text = text.replace(marker, f"SCENE = {scene!r}", 1)
-    path = Path(f"{prefix}_scene.py")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable output folder") from None
-    return path
+    return atomic_write(Path(f"{prefix}_scene.py"), lambda tmp: tmp.write_text(text))
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkDataSetAttributes, vt
 from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter, vtkXMLStructuredGridWriter
 
 from landscape.exports.surface_file import Surface, height_along
+from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 
@@ -143,19 +144,17 @@ def trajectory_polydata(surface: Surface, h: np.ndarray, zscale: float) -> vtkPo
 
 def write_xml(data, path) -> Path:
     """Binary, zlib-compressed VTK XML, written to a temporary file and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     writer = vtkXMLStructuredGridWriter() if isinstance(data, vtkStructuredGrid) else vtkXMLPolyDataWriter()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer.SetFileName(str(tmp))
     writer.SetInputData(data)
     writer.SetDataModeToBinary()
     writer.SetCompressorTypeToZLib()
-    if not writer.Write():
-        tmp.unlink(missing_ok=True)
-        raise FaslandError(f"cannot write '{path}'; choose a writable output folder with free space")
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp):
+        writer.SetFileName(str(tmp))
+        if not writer.Write():
+            raise OSError("VTK could not write the file")
+
+    return atomic_write(Path(path), write)
 
 
 def export_vtk(surface: Surface, prefix, surf_name: str = "train_loss", log: bool = False,
