@@ -35,9 +35,13 @@ def register(sub) -> None:
     p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
     p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
     p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
+    p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="override the preset's analysis sizes, e.g. x2d=-1:1:5,max_samples=8,max_iter=5; keys: "
+                        + ", ".join(SETTINGS["demo"]) + " (grids are MIN:MAX:N)")
     p.add_argument("--data", default=None, help="'synth' (default) or the root of the real datasets")
     p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -52,11 +56,36 @@ def run_study(args) -> int:
     for p in protocols:
         if p not in PROTOCOLS:
             raise FaslandError(f"unknown protocol '{p}'; use one of {', '.join(PROTOCOLS)} or 'all'")
+    settings = parse_sizes(args.sizes, SETTINGS[args.preset])
     out = Path(args.out)
     started = time.time()
-    reports = [Study(p, methods, args.preset, out / p if len(protocols) > 1 else out, args).run() for p in protocols]
+    reports = [Study(p, methods, args.preset, settings, out / p if len(protocols) > 1 else out, args).run() for p in protocols]
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0
+
+
+def parse_sizes(spec: str | None, preset: dict) -> dict:
+    """The preset's analysis sizes with `KEY=VALUE,...` overrides, each value parsed to the preset value's type."""
+    from landscape.surface import parse_axis
+
+    sizes = dict(preset)
+    for item in filter(None, (i.strip() for i in (spec or "").split(","))):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in sizes:
+            raise FaslandError(f"unknown size '{key}' in --sizes {item}; use one of {', '.join(sizes)}")
+        kind = type(sizes[key])
+        try:
+            sizes[key] = kind(value.strip())
+        except ValueError:
+            raise FaslandError(f"--sizes {item} needs {'a whole number' if kind is int else 'a number'}; "
+                               f"pass e.g. {key}={preset[key]}") from None
+        if kind is str:
+            try:
+                parse_axis(sizes[key])
+            except FaslandError:
+                raise FaslandError(f"--sizes {item} is not a grid MIN:MAX:N; pass e.g. {key}={preset[key]}") from None
+    return sizes
 
 
 def cli(argv: list[str]) -> None:
@@ -70,9 +99,9 @@ def cli(argv: list[str]) -> None:
 class Study:
     """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
 
-    def __init__(self, protocol: str, methods: list[str], preset: str, out: Path, args):
-        self.protocol, self.methods, self.preset, self.out, self.args = protocol, methods, preset, out, args
-        self.s = SETTINGS[preset]
+    def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, args):
+        self.protocol, self.methods, self.preset, self.s, self.out, self.args = protocol, methods, preset, settings, out, args
+        self.device_flags = ["--device", args.device] + (["--threads", args.threads] if args.threads else [])
         self.views = out / "views"
         self.step = 0
 
@@ -103,7 +132,7 @@ class Study:
     def train(self, m: str) -> None:
         self.say(f"train {LABELS[m]}")
         argv = ["train", "--protocol", self.protocol, "--method", m, "--preset", self.preset,
-                "--device", self.args.device, "--out", self.run_dir(m)]
+                *self.device_flags, "--out", self.run_dir(m)]
         argv += ["--data", self.args.data] if self.args.data else []
         argv += ["--config", self.args.config] if self.args.config else []
         cli(argv)
@@ -112,7 +141,7 @@ class Study:
     def surface(self, m: str, name: str, *flags) -> Path:
         out = self.run_dir(m) / f"{name}.h5"
         cli(["surface", "--checkpoint", self.ckpt(m), *flags, "--max-samples", self.s["max_samples"],
-             "--device", self.args.device, "--out", out])
+             *self.device_flags, "--out", out])
         return out
 
     def landscapes(self, m: str) -> None:
@@ -139,40 +168,26 @@ class Study:
         for m in self.methods[1:]:
             self.say(f"interpolation {LABELS[first]} → {LABELS[m]}")
             cli(["surface", "--checkpoint", self.ckpt(first), "--model2", self.ckpt(m), "--x", self.s["interpolation"],
-                 "--max-samples", self.s["max_samples"], "--device", self.args.device,
+                 "--max-samples", self.s["max_samples"], *self.device_flags,
                  "--out", self.out / f"interpolation_{first}_{m}.h5"])
 
     # ---- sharpness and conflict ---------------------------------------------------------------
-    def fresh(self, path: Path, m: str) -> bool:
-        """A result file made from this very checkpoint (its sha256 in the provenance) is reused."""
-        from training.checkpoint import file_hash
-
-        if not path.exists():
-            return False
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False
-        return find_key(data, "checkpoint_sha256") == file_hash(self.ckpt(m))
-
+    # Always run: the commands themselves reuse every finished section of their file, and a file a kill
+    # left between two sections (or made with other sizes) is completed rather than taken as done.
     def sharpness(self, m: str) -> None:
         self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} eigenvalues, trace, per-domain λ_max")
         out = self.run_dir(m) / "hessian.json"
-        if self.fresh(out, m):
-            return
         argv = ["hessian", "--checkpoint", self.ckpt(m), "--top-k", self.s["top_k"], "--tol", self.s["tol"],
                 "--max-iter", self.s["max_iter"], "--trace", "--trace-samples", self.s["trace_samples"], "--per-domain",
-                "--max-samples", self.s["max_samples"], "--device", self.args.device, "--out", out]
+                "--max-samples", self.s["max_samples"], *self.device_flags, "--out", out]
         argv += ["--density", "--density-iter", self.s["density_iter"]] if self.s["density_iter"] else []
         cli(argv)
 
     def conflicts(self, m: str) -> None:
         self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
         out = self.run_dir(m) / "conflicts.json"
-        if self.fresh(out, m):
-            return
         cli(["conflicts", "--checkpoint", self.ckpt(m), "--at", "both", "--trajectory", self.run_dir(m),
-             "--max-samples", self.s["max_samples"], "--device", self.args.device, "--out", out])
+             "--max-samples", self.s["max_samples"], *self.device_flags, "--out", out])
 
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
@@ -231,6 +246,8 @@ class Study:
         return rows
 
     def report(self) -> Path:
+        from training.checkpoint import atomic_write
+
         self.say("report")
         rows = self.rows()
         domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
@@ -256,9 +273,9 @@ class Study:
               f"interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
               + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
-        (self.out / "report.md").write_text(md)
         html = report_html(self.protocol, self.preset, table, figures, pages)
-        (self.out / "report.html").write_text(html)
+        atomic_write(self.out / "report.md", lambda tmp: tmp.write_text(md))
+        atomic_write(self.out / "report.html", lambda tmp: tmp.write_text(html))
         print(table)
         print(f"report: {self.out / 'report.md'} and {self.out / 'report.html'}")
         return self.out / "report.md"
@@ -269,18 +286,6 @@ def axis_around(values: np.ndarray, n: int) -> str:
     lo, hi = float(np.min(values)), float(np.max(values))
     pad = max(0.25 * (hi - lo), 1e-3)
     return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
-
-
-def find_key(data, key):
-    """The first value of `key` anywhere in nested dicts (provenance blocks differ by command)."""
-    if isinstance(data, dict):
-        if key in data:
-            return data[key]
-        for v in data.values():
-            found = find_key(v, key)
-            if found is not None:
-                return found
-    return None
 
 
 def hessian_numbers(h: dict) -> dict:
