@@ -139,7 +139,11 @@ def check_flags(args) -> None:
         if name == "threads" and args.threads is None:
             continue
         if getattr(args, name) <= 0:
-            raise FaslandError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive; pass e.g. --{name.replace('_', '-')} 256")
+            flag = name.replace('_', '-')
+            raise FaslandError(f"--{flag} {getattr(args, name)} must be positive; pass e.g. --{flag} {EXAMPLES[name]}")
+
+
+EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1}
 
 
 def directions_recipe(args, file_hash) -> dict:
