@@ -16,7 +16,7 @@ from training.errors import FaslandError
 
 # Grid sizes and probe sizes per preset: `demo` fits the whole study in minutes on a 2-core CPU.
 SETTINGS = {
-    "demo": {"x1d": "-1:1:17", "x2d": "-1:1:9", "interpolation": "-0.5:1.5:13", "pca_points": 9,
+    "demo": {"x1d": "-1:1:17", "x2d": "-1:1:11", "interpolation": "-0.5:1.5:13", "pca_points": 11,
              "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0},
     "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
               "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80},
@@ -196,11 +196,11 @@ class Study:
         labels = ",".join(LABELS[m] for m in ms)
         by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d", "surface_pca")}
         for m in ms:
-            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--out", v / f"{m}_surface_2d"])
-            cli(["export", "vtk", self.run_dir(m) / "surface_pca.h5", "--out", v / f"{m}_surface_pca"])
-        cli(["export", "png", *by["surface_2d"], "--labels", labels, "--out", v / "surfaces_2d.png"])
+            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--log", "--out", v / f"{m}_surface_2d"])
+            cli(["export", "vtk", self.run_dir(m) / "surface_pca.h5", "--log", "--out", v / f"{m}_surface_pca"])
+        cli(["export", "png", *by["surface_2d"], "--labels", labels, "--log", "--out", v / "surfaces_2d.png"])
         cli(["export", "png", *by["surface_1d"], "--labels", labels, "--out", v / "curves_1d.png"])
-        cli(["export", "png", *by["surface_pca"], "--labels", labels, "--out", v / "trajectory_pca.png"])
+        cli(["export", "png", *by["surface_pca"], "--labels", labels, "--log", "--out", v / "trajectory_pca.png"])
         interps = [self.out / f"interpolation_{ms[0]}_{m}.h5" for m in ms[1:]]
         if interps:
             cli(["export", "png", *interps, "--labels", ",".join(f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]),
@@ -228,7 +228,7 @@ class Study:
         shot = self.views / "paraview.png"
         if not shot.exists():
             m = self.methods[-1]
-            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--out", self.views / f"{m}_surface_2d", "--screenshot", shot])
+            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--log", "--out", self.views / f"{m}_surface_2d", "--screenshot", shot])
 
     # ---- report -------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -261,9 +261,9 @@ class Study:
             table += ("\nλ_max per domain (sources, then the target):\n\n| method | " + " | ".join(domains) + " |\n|---|"
                       + "---|" * len(domains) + "\n" + "".join(
                           f"| {r['method']} | " + " | ".join(num(r['lambda_domain'].get(dd)) for dd in domains) + " |\n" for r in rows))
-        figures = [(n, t) for n, t in (("surfaces_2d.png", "2-D filter-normalized loss surfaces (shared levels)"),
+        figures = [(n, t) for n, t in (("surfaces_2d.png", "2-D filter-normalized loss surfaces, log(loss + 0.1) (shared levels)"),
                                        ("curves_1d.png", "1-D curves, every domain"),
-                                       ("trajectory_pca.png", "training path on its PCA plane"),
+                                       ("trajectory_pca.png", "training path on its PCA plane, log(loss + 0.1)"),
                                        ("interpolations.png", "linear interpolation between methods"),
                                        ("paraview.png", "ParaView rendering")) if (self.views / n).exists()]
         pages = [n for n in ("surfaces_2d.html", "curves_1d.html", "trajectory_pca.html", "hessian.html", "conflicts.html")
