@@ -6,11 +6,16 @@ clearly worse (≥ 3× the sources' HTER), yet not hopeless (target ≪ 50%), so
 Runs the demo preset's recipe (`--preset demo`) by default; `--image-size/--steps` for other sizes.
 """
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
 
+from pathlib import Path
+
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's packages, not an installed copy
 
 from training.data.protocols import PROTOCOLS
 from training.presets import make_config
@@ -38,7 +43,8 @@ def main() -> int:
         config = make_config(protocol, "erm", "demo", over)
         started = time.time()
         with tempfile.TemporaryDirectory() as run:
-            final = train(config, run, "cpu", progress=False)["final"]
+            with contextlib.redirect_stdout(sys.stderr):     # the trainer's epoch lines are progress, not results
+                final = train(config, run, "cpu", progress=False)["final"]
         src, tgt = final["sources"]["hter"], final["target"]["hter"]
         rows.append((protocol, src, tgt, final["target"]["auc"], time.time() - started))
         print(f"{protocol}: sources {100 * src:.2f}% target {100 * tgt:.2f}% ({time.time() - started:.0f} s)",
