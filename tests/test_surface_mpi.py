@@ -122,17 +122,21 @@ def test_a_failing_or_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path
     out = tmp_path / "s.h5"
     r = run(out, 2, "--setup-fail-rank", "1")     # set-up fails on rank 1 only: no rank hangs, rank 0 says why
     assert r.returncode == 2 and "MPI rank 1: data folder" in r.stderr and r.stderr.count("error:") == 1
-    r = run(out, 2, "--fail-rank", "1")           # an exception on rank 1: rank 0 names it, saves, exits 2
+    r = run(out, 2, "--fail-rank", "1", "--slow", "0.05")   # an exception on rank 1: rank 0 names it, saves, exits 2
+    # (--slow: rank 0 must not race through nearly every point before rank 1 fails, or nothing is left to kill)
     assert r.returncode == 2
     assert "MPI rank 1 failed at grid point" in r.stderr and "rerun the same command to resume" in r.stderr
     assert "Traceback" not in r.stderr
     first = done_count(out)
     assert 0 < first < XS.size * YS.size
+    pid = Path(f"{out}.rank1.pid")
+    pid.unlink()                                  # the failed run's; this run writes its own after set-up
     p = run(out, 2, "--slow", "0.2", wait=False)  # rank 1 SIGKILLed: the launcher ends the job
     deadline = time.monotonic() + 60
-    while done_count(out) < first + 3 and p.poll() is None and time.monotonic() < deadline:
+    while (done_count(out) < first + 3 or not pid.exists()) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.kill(int(Path(f"{out}.rank1.pid").read_text()), signal.SIGKILL)
+    assert p.poll() is None, f"the job ended before rank 1 could be killed: {p.communicate()[1][-2000:]}"
+    os.kill(int(pid.read_text()), signal.SIGKILL)
     p.communicate(timeout=60)
     assert p.returncode != 0
     assert first < done_count(out) < XS.size * YS.size
