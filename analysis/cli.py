@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from landscape.cli import check_positive, probe_flags, set_threads
 from training.errors import FaslandError
 
 
@@ -53,19 +54,7 @@ def register(sub) -> None:
 # ---- hessian and conflicts commands (heavy imports stay inside the functions: `fasland --help` is quick) ----
 
 def _probe_flags(p) -> None:
-    d = p.add_argument_group("probe (data and protocol default to the checkpoint's)")
-    d.add_argument("--data", default=None, help="override the data root of the checkpoint's config ('synth' or a folder)")
-    d.add_argument("--max-samples", type=int, default=256, help="images per domain in the probe")
-    d.add_argument("--batch-size", type=int, default=256)
-    d.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N; under MPI rank r takes GPU r mod GPUs")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank (default: the node's cores / ranks on it)")
-
-
-def _check_positive(args, names) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise FaslandError(f"--{name.replace('_', '-')} {value} must be positive; pass a number of at least 1")
+    probe_flags(p, "probe (data and protocol default to the checkpoint's)")
 
 
 def _versions() -> dict:
@@ -134,10 +123,6 @@ def check_out(path, command: str) -> None:
 def _setup(args, checkpoint, command: str):
     """On every rank: threads, device, the model θ (eval) and the probe, rank 0 first (it fills the data cache);
     rank 0 checks --out before that. Returns (world, device, model, ckpt, probe, data_spec)."""
-    import os
-
-    import torch
-
     from analysis.mpi_reduce import world as mpi_world
     from landscape import mpi
     from training.checkpoint import load_model
@@ -145,11 +130,11 @@ def _setup(args, checkpoint, command: str):
     from training.probe import load_probe
 
     w = mpi_world()
-    _check_positive(args, ("max_samples", "batch_size", "threads"))
+    check_positive(args, ("max_samples", "batch_size", "threads"))
     mpi.on_root(w.comm, lambda: check_out(args.out, command))
 
     def load():
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // (mpi.local_ranks() if w.comm else 1)))
+        set_threads(args, w.comm)
         device = pick_device(args.device)
         model, ckpt = load_model(checkpoint, device)
         config = ckpt["config"]
@@ -189,7 +174,7 @@ def run_hessian(args) -> int:
     from analysis.mpi_reduce import shard
     from training.checkpoint import file_hash
 
-    _check_positive(args, ("top_k", "tol", "max_iter", "trace_samples", "density_iter", "density_runs"))
+    check_positive(args, ("top_k", "tol", "max_iter", "trace_samples", "density_iter", "density_runs"))
     if args.trace and args.trace_samples < 2:
         raise FaslandError(f"--trace-samples {args.trace_samples} is too few for a standard error; pass at least 2")
     w, device, model, ckpt, probe, data_spec = _setup(args, args.checkpoint, "hessian")

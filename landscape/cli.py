@@ -26,12 +26,7 @@ def register(sub) -> None:
     g.add_argument("--yignore", default=None, choices=["biasbn", "none"], help="default: --xignore")
     g.add_argument("--orthogonalize", action="store_true", help="make the y direction orthogonal to x (Gram–Schmidt, norm kept)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random directions (CPU generator: same on every device)")
-    d = p.add_argument_group("evaluation (data and protocol default to the checkpoint's)")
-    d.add_argument("--data", default=None, help="override the data root of the checkpoint's config ('synth' or a folder)")
-    d.add_argument("--max-samples", type=int, default=256, help="images per domain in the probe")
-    d.add_argument("--batch-size", type=int, default=256)
-    d.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N; under MPI rank r takes GPU r mod GPUs")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank (default: the node's cores / ranks on it)")
+    d = probe_flags(p, "evaluation (data and protocol default to the checkpoint's)")
     d.add_argument("--no-autocast", action="store_true", help="evaluate in float32 on CUDA too (autocast is used on CUDA only)")
     p.add_argument("--plot", action="store_true", help="also write a quick PNG next to the .h5")
     p.add_argument("--out", required=True, help="the surface file SURF.h5 (its directions go to SURF.dirs.h5 unless --dir-file)")
@@ -43,8 +38,6 @@ def register(sub) -> None:
 def run_surface(args) -> int:
     """Rank 0 checks the output, makes the directions and loads the data first; then every rank loads
     them; then the points are shared out. A failure on any rank in these steps ends every rank."""
-    import torch
-
     from landscape import mpi
     from landscape.directions import load_directions
     from landscape.surface import compute_surface, parse_axis
@@ -60,7 +53,7 @@ def run_surface(args) -> int:
         xcoords = parse_axis(args.x, "--x")
         ycoords = parse_axis(args.y, "--y") if args.y is not None else None
         check_flags(args)
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // (mpi.local_ranks() if comm else 1)))
+        set_threads(args, comm)
         device = pick_device(args.device)
         model, ckpt = load_model(args.checkpoint, device)
         config = ckpt["config"]
@@ -135,15 +128,39 @@ def check_flags(args) -> None:
         raise FaslandError("--model3 cannot be combined with --pca or --dir-file, which already fix the y direction")
     if args.pca and args.y is None:
         raise FaslandError("--pca gives a 2-D plane; add --y MIN:MAX:N")
-    for name in ("max_samples", "batch_size", "threads"):
-        if name == "threads" and args.threads is None:
-            continue
-        if getattr(args, name) <= 0:
-            flag = name.replace('_', '-')
-            raise FaslandError(f"--{flag} {getattr(args, name)} must be positive; pass e.g. --{flag} {EXAMPLES[name]}")
+    check_positive(args, ("max_samples", "batch_size", "threads"))
+
+
+def probe_flags(p, title: str):
+    """The probe's flags, shared by surface, hessian and conflicts; returns the group for more."""
+    d = p.add_argument_group(title)
+    d.add_argument("--data", default=None, help="override the data root of the checkpoint's config ('synth' or a folder)")
+    d.add_argument("--max-samples", type=int, default=256, help="images per domain in the probe")
+    d.add_argument("--batch-size", type=int, default=256)
+    d.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N; under MPI rank r takes GPU r mod GPUs")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank (default: the node's cores / ranks on it)")
+    return d
+
+
+def set_threads(args, comm) -> None:
+    """--threads, else this node's cores shared by the MPI ranks on it."""
+    import torch
+
+    from landscape import mpi
+
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // (mpi.local_ranks() if comm else 1)))
 
 
 EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1}
+
+
+def check_positive(args, names) -> None:
+    """Each of these flags, when given, is > 0."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            flag = name.replace("_", "-")
+            raise FaslandError(f"--{flag} {value} must be positive; pass e.g. --{flag} {EXAMPLES.get(name, 1)}")
 
 
 def directions_recipe(args, file_hash) -> dict:
