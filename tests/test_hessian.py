@@ -125,6 +125,33 @@ def test_lanczos_top_k_equals_the_dense_spectrum(tiny, start):
     assert abs(hs.hessian_eigenvalues(model, bce, data)[0] - eig[0]) / eig[0] < 1e-4
 
 
+@pytest.mark.parametrize("gradient", ["orthogonal", "eigenvector"])
+def test_lanczos_finds_lambda_max_when_the_gradient_misses_its_eigenvector(tiny, gradient):
+    """The start ĝ + r̂ keeps the top eigenvector u₁ in reach whatever the gradient is: a term ⟨c, θ⟩ added
+    to the loss moves the gradient (not the Hessian) to g − (u₁ᵀg)u₁, or to ‖g‖u₂ — from ĝ alone the
+    Krylov space is then {u₂}, invariant, and Lanczos would stop at λ₂."""
+    model, data, dense, eig = tiny
+    U = np.linalg.eigh(dense)[1]
+    u1, u2 = U[:, -1], U[:, -2]
+    g = hs.Hessian(model, bce, data).gradient()[:len(u1)].numpy()
+    target = g - (u1 @ g) * u1 if gradient == "orthogonal" else np.linalg.norm(g) * u2
+    c = torch.from_numpy(target - g)
+    params = list(model.parameters())
+
+    def loss_fn(z, y):
+        return bce(z, y) + torch.cat([p.reshape(-1) for p in params]) @ c
+
+    H = hs.Hessian(model, loss_fn, data)
+    assert rel(H.gradient()[:H.dim], target) < 1e-12 and abs(target @ u1) < 1e-12 * np.linalg.norm(target)
+    for seed in range(3):
+        for tol in (1e-4, 1e-6):
+            got = hs.hessian_eigenvalues(model, loss_fn, data, tol=tol, seed=seed)[0]
+            assert abs(got - eig[0]) / eig[0] < 1e-4, (seed, tol, got, eig[:2])
+    if gradient == "eigenvector":  # the safeguard is what finds λ₁: the gradient alone gives λ₂
+        alpha, beta = hs.lanczos(H, H.gradient(), 100, hs._top_converged(1, 1e-4))
+        assert len(alpha) == 1 and abs(alpha[0] - eig[1]) / eig[1] < 1e-10
+
+
 def test_power_iteration_equals_the_dense_largest_magnitude(tiny):
     model, data, _, eig = tiny
     largest = eig[np.argmax(np.abs(eig))]
