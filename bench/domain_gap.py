@@ -3,7 +3,9 @@ on the unseen fourth domain, for the four leave-one-out protocols.
 
 A benchmark for domain generalization needs a gap: sources learned (HTER ≤ 5%) while the target stays
 clearly worse (≥ 3× the sources' HTER), yet not hopeless (target ≪ 50%), so DG methods have room.
-Runs the demo preset's recipe (`--preset demo`) by default; `--image-size/--steps` for other sizes.
+The recipe: the demo preset (ResNet18, SGD 0.01, 16 images per domain per step) at 64 px for 12 epochs
+of 25 steps, the learning rate halved every 4 epochs so the sources are learned to convergence;
+`--image-size`, `--epochs`, `--lr-step` change it (`--lr-step 0`: constant, as the demo).
 """
 import argparse
 import contextlib
@@ -25,19 +27,18 @@ from training.trainer import train
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocols", default=",".join(LEAVE_ONE_OUT))
-    p.add_argument("--image-size", type=int, default=None, help="default: the demo preset's")
-    p.add_argument("--epochs", type=int, default=None, help="default: the demo preset's")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr-step", type=int, default=4, help="halve the learning rate every N epochs (0: never)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for protocol in args.protocols.split(","):
-        over = {"train": {"eval_every": 10 ** 6}}   # evaluate once, at the end
-        if args.image_size:
-            over["data"] = {"image_size": args.image_size}
-        if args.epochs:
-            over["train"]["epochs"] = args.epochs
+        over = {"data": {"image_size": args.image_size},
+                "train": {"epochs": args.epochs, "lr_step": args.lr_step, "lr_gamma": 0.5,
+                          "eval_every": 10 ** 6}}   # evaluate once, at the end
         config = make_config(protocol, "erm", "demo", over)
         started = time.time()
         with tempfile.TemporaryDirectory() as run:
@@ -49,8 +50,9 @@ def main() -> int:
               file=sys.stderr, flush=True)
     t = config["train"]
     print("## domain_gap\n")
-    print(f"ERM, demo recipe ({config['data']['image_size']}×{config['data']['image_size']} px, {t['epochs']}×"
-          f"{t['steps_per_epoch']} steps of {t['batch_per_domain']} images per domain), evaluated on held-out "
+    decay = f", learning rate halved every {t['lr_step']} epochs" if t["lr_step"] else ", constant learning rate"
+    print(f"ERM, demo recipe at {config['data']['image_size']}×{config['data']['image_size']} px ({t['epochs']}×"
+          f"{t['steps_per_epoch']} steps of {t['batch_per_domain']} images per domain{decay}), evaluated on held-out "
           f"clients ({t['eval_samples']} images per domain). Gap = target HTER / source HTER; the benchmark "
           "wants sources ≤ 5% and a gap ≥ 3× on at least two protocols.\n")
     print("| protocol | source HTER | target HTER | target AUC | gap | meets |\n|---|---|---|---|---|---|")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from training.data.domain_data import DomainData
 
-VERSION = 1          # bump when the rendering changes: it keys the cache
+VERSION = 2          # bump when the rendering changes: it keys the cache
 SUPERSAMPLE = 2      # scenes are rendered at this multiple of the image size, then averaged
 DEPTH_SIZE = 32
 CHUNK = 96           # images rendered at once (fixed: noise is drawn per chunk)
@@ -63,6 +63,7 @@ class Attack:
     border: float = 0.0               # paper margin or screen bezel width, medium units
     fingers: float = 0.0              # probability that a holding hand shows
     bend: tuple[float, float] = (0.0, 0.0)  # paper curvature (warped photos), radians
+    lift: tuple[float, float] = (0.0, 0.0)  # black level of the paper or screen
 
 
 @dataclass(frozen=True)
@@ -82,80 +83,87 @@ class Domain:
     attacks: tuple[Attack, ...]
     lighting: Lighting
     backgrounds: tuple[tuple[float, float, float], ...]
+    # light on the photos the attackers reproduce: flat studio light unless they shot them on site
+    photo_lighting: Lighting = Lighting((0.95, 1.05), (0.0, 0.1), (-0.3, 0.3), (0.5, 0.7), 0.0)
 
 
 DOMAINS = {
-    # Replay-Attack: one laptop webcam, controlled and adverse (daylight, backlit) sessions;
-    # an A4 print and two displays (phone with visible bezel, tablet).
+    # Replay-Attack: one warm, noisy laptop webcam, controlled and adverse (daylight, backlit)
+    # sessions; a washed-out A4 print with coarse dots, held by hand, and two displays with a
+    # visible bezel, glare and lifted blacks; studio photos.
     "I": Domain(
         name="I", clients=(15, 20),
-        cameras=(Camera(1.0, 0.7, (0.6, 1.0), (0.02, 0.04), (-0.05, 0.12), (0.8, 1.0), (0.7, 1.1), (70, 85)),),
+        cameras=(Camera(1.0, 0.7, (0.6, 1.0), (0.025, 0.045), (0.04, 0.12), (0.8, 1.0), (0.7, 1.1), (70, 85)),),
         attacks=(
-            Attack("print", 1 / 3, (0.95, 1.25), (0.45, 0.7), (20, 26), (0.55, 0.75), (0.7, 0.85),
-                   (1.0, 0.97, 0.9), (0.0, 0.15), border=0.08, fingers=0.6),
-            Attack("replay", 1 / 3, (0.6, 0.8), (0.12, 0.2), (4, 7), (0.8, 0.95), (0.75, 0.9),
-                   (0.92, 0.98, 1.1), (0.2, 0.45), border=0.12),
-            Attack("replay", 1 / 3, (0.95, 1.2), (0.08, 0.15), (6, 10), (0.85, 1.0), (0.8, 0.92),
-                   (0.95, 1.0, 1.08), (0.15, 0.35), border=0.08),
+            Attack("print", 1 / 3, (0.95, 1.2), (0.45, 0.7), (10, 14), (0.5, 0.7), (0.65, 0.8),
+                   (1.0, 0.97, 0.9), (0.0, 0.15), border=0.08, fingers=0.6, lift=(0.1, 0.16)),
+            Attack("replay", 1 / 3, (0.6, 0.8), (0.12, 0.2), (4, 7), (0.75, 0.9), (0.7, 0.85),
+                   (0.94, 0.98, 1.08), (0.2, 0.45), border=0.12, lift=(0.15, 0.25)),
+            Attack("replay", 1 / 3, (0.95, 1.15), (0.1, 0.18), (5, 9), (0.8, 0.95), (0.75, 0.88),
+                   (0.95, 1.0, 1.06), (0.15, 0.35), border=0.08, lift=(0.12, 0.2)),
         ),
         lighting=Lighting((0.6, 1.1), (0.1, 0.6), (-0.9, 0.9), (0.15, 0.45), 0.4),
         backgrounds=((0.55, 0.55, 0.6), (0.7, 0.68, 0.62), (0.35, 0.4, 0.45), (0.8, 0.8, 0.78)),
     ),
-    # OULU-NPU: six high-resolution phones, three sessions of office light;
-    # two printers and two displays, presented close so the edges rarely show.
+    # OULU-NPU: sharp, clean, cool high-resolution phones, office light, photos shot in the same
+    # office; a printer and a display whose fine dot or pixel texture only these phones resolve,
+    # washed out, with a thin edge and often a hand.
     "O": Domain(
         name="O", clients=(20, 20),
         cameras=(
-            Camera(0.5, 1.0, (0.3, 0.6), (0.005, 0.015), (0.0, 0.15), (0.95, 1.05), (0.9, 1.1), (88, 95)),
-            Camera(0.5, 1.0, (0.35, 0.7), (0.008, 0.02), (-0.1, 0.05), (0.9, 1.0), (0.9, 1.15), (85, 95)),
+            Camera(0.5, 1.0, (0.3, 0.45), (0.004, 0.01), (-0.08, -0.02), (0.95, 1.05), (0.9, 1.1), (90, 95)),
+            Camera(0.5, 1.0, (0.3, 0.5), (0.006, 0.012), (-0.12, -0.04), (0.9, 1.0), (0.9, 1.15), (88, 95)),
         ),
         attacks=(
-            Attack("print", 0.25, (1.15, 1.4), (0.2, 0.35), (30, 40), (0.75, 0.9), (0.8, 0.92),
-                   (1.0, 0.98, 0.95), (0.0, 0.1), border=0.05, fingers=0.2),
-            Attack("print", 0.25, (1.15, 1.4), (0.25, 0.4), (26, 34), (0.7, 0.85), (0.78, 0.9),
-                   (1.02, 1.0, 0.92), (0.0, 0.1), border=0.05, fingers=0.2),
-            Attack("replay", 0.25, (1.15, 1.35), (0.05, 0.1), (8, 14), (0.9, 1.0), (0.85, 0.95),
-                   (0.96, 1.0, 1.05), (0.05, 0.2), border=0.05),
-            Attack("replay", 0.25, (1.15, 1.35), (0.06, 0.12), (6, 12), (0.88, 1.0), (0.82, 0.95),
-                   (0.94, 0.98, 1.08), (0.05, 0.2), border=0.05),
+            Attack("print", 0.5, (1.0, 1.2), (0.35, 0.5), (26, 32), (0.7, 0.85), (0.75, 0.88),
+                   (1.02, 0.98, 0.94), (0.0, 0.1), border=0.05, fingers=0.4, lift=(0.09, 0.13)),
+            Attack("replay", 0.5, (0.95, 1.15), (0.1, 0.2), (18, 26), (0.85, 0.95), (0.78, 0.9),
+                   (0.96, 0.98, 1.06), (0.1, 0.3), border=0.06, lift=(0.1, 0.15)),
         ),
         lighting=Lighting((0.85, 1.1), (0.0, 0.25), (-0.4, 0.4), (0.35, 0.6), 0.05),
         backgrounds=((0.75, 0.72, 0.68), (0.6, 0.62, 0.65), (0.85, 0.83, 0.8)),
+        photo_lighting=Lighting((0.9, 1.05), (0.0, 0.25), (-0.4, 0.4), (0.35, 0.6), 0.0),
     ),
-    # CASIA-FASD: a low-, a normal- and a high-quality camera; warped and cut photos and an
-    # iPad replay.
+    # CASIA-FASD: low- and normal-quality cameras (soft, noisy, heavily compressed, warm) and a
+    # better one, whose blur hides the texture of the media; photos shot on site. Three in ten
+    # attacks are glossy, oversaturated photos with a yellow-green cast, warped or cut and held
+    # close (no edge, no hand); the rest washed-out cut photos held by hand and an iPad replay.
     "C": Domain(
         name="C", clients=(20, 30),
         cameras=(
-            Camera(1 / 3, 0.4, (1.0, 1.6), (0.04, 0.06), (0.05, 0.2), (0.85, 1.0), (0.8, 1.1), (40, 60)),
-            Camera(1 / 3, 0.7, (0.7, 1.0), (0.02, 0.03), (-0.05, 0.1), (0.9, 1.0), (0.85, 1.1), (70, 85)),
-            Camera(1 / 3, 1.0, (0.3, 0.5), (0.005, 0.012), (0.0, 0.1), (0.95, 1.05), (0.9, 1.1), (90, 95)),
+            Camera(0.4, 0.45, (1.2, 1.7), (0.04, 0.06), (0.12, 0.2), (0.85, 1.0), (0.8, 1.1), (35, 55)),
+            Camera(0.4, 0.55, (1.0, 1.3), (0.03, 0.045), (0.08, 0.16), (0.9, 1.0), (0.85, 1.1), (50, 70)),
+            Camera(0.2, 0.7, (0.8, 1.0), (0.02, 0.03), (0.05, 0.12), (0.95, 1.05), (0.9, 1.1), (70, 85)),
         ),
         attacks=(
-            Attack("warped", 1 / 3, (1.0, 1.3), (0.35, 0.6), (18, 26), (0.6, 0.8), (0.72, 0.88),
-                   (1.0, 0.96, 0.9), (0.05, 0.2), border=0.06, fingers=0.5, bend=(0.4, 0.9)),
-            Attack("cut", 1 / 3, (1.0, 1.3), (0.35, 0.6), (18, 26), (0.6, 0.8), (0.72, 0.88),
-                   (1.0, 0.96, 0.9), (0.0, 0.1), border=0.06, fingers=0.5, bend=(0.0, 0.3)),
-            Attack("replay", 1 / 3, (0.9, 1.15), (0.1, 0.2), (5, 9), (0.85, 1.0), (0.8, 0.92),
-                   (0.94, 1.0, 1.08), (0.15, 0.35), border=0.08),
+            Attack("warped", 0.15, (1.2, 1.4), (0.0, 0.05), (20, 26), (1.3, 1.5), (1.0, 1.1),
+                   (0.94, 1.05, 0.82), (0.0, 0.05), bend=(0.7, 1.1)),
+            Attack("cut", 0.15, (1.2, 1.4), (0.0, 0.05), (20, 26), (1.3, 1.5), (1.0, 1.1),
+                   (0.94, 1.05, 0.82), (0.0, 0.05), bend=(0.0, 0.3)),
+            Attack("cut", 0.35, (0.95, 1.15), (0.0, 0.05), (20, 26), (0.65, 0.8), (0.75, 0.88),
+                   (1.0, 0.97, 0.9), (0.0, 0.1), border=0.06, fingers=0.5, bend=(0.0, 0.3), lift=(0.08, 0.12)),
+            Attack("replay", 0.35, (0.9, 1.1), (0.1, 0.2), (5, 9), (0.8, 0.95), (0.75, 0.88),
+                   (0.94, 1.0, 1.08), (0.15, 0.35), border=0.08, lift=(0.12, 0.2)),
         ),
         lighting=Lighting((0.8, 1.05), (0.05, 0.3), (-0.5, 0.5), (0.3, 0.55), 0.1),
         backgrounds=((0.3, 0.3, 0.32), (0.45, 0.4, 0.35), (0.2, 0.22, 0.25)),
+        photo_lighting=Lighting((0.85, 1.05), (0.05, 0.3), (-0.5, 0.5), (0.3, 0.55), 0.0),
     ),
-    # MSU-MFSD: a laptop webcam and an Android phone; an A3 print and two displays.
+    # MSU-MFSD: a cool laptop webcam and an Android phone; a washed-out warm A3 print and two
+    # displays with bezel, glare and lifted blacks; studio photos.
     "M": Domain(
         name="M", clients=(15, 20),
         cameras=(
-            Camera(0.5, 0.6, (0.8, 1.2), (0.02, 0.035), (-0.2, -0.05), (0.85, 1.0), (0.85, 1.05), (65, 80)),
-            Camera(0.5, 0.8, (0.5, 0.8), (0.015, 0.025), (0.0, 0.15), (0.9, 1.05), (0.9, 1.1), (80, 90)),
+            Camera(0.5, 0.6, (0.8, 1.2), (0.025, 0.04), (-0.2, -0.08), (0.85, 1.0), (0.85, 1.05), (65, 80)),
+            Camera(0.5, 0.8, (0.5, 0.8), (0.02, 0.03), (0.0, 0.1), (0.9, 1.05), (0.9, 1.1), (80, 90)),
         ),
         attacks=(
-            Attack("print", 1 / 3, (1.1, 1.4), (0.35, 0.55), (22, 30), (0.6, 0.8), (0.75, 0.88),
-                   (1.0, 0.97, 0.92), (0.0, 0.15), border=0.05, fingers=0.3),
-            Attack("replay", 1 / 3, (0.95, 1.2), (0.1, 0.18), (5, 9), (0.85, 1.0), (0.8, 0.92),
-                   (0.95, 1.0, 1.08), (0.1, 0.3), border=0.08),
-            Attack("replay", 1 / 3, (0.65, 0.85), (0.12, 0.2), (4, 8), (0.8, 0.95), (0.75, 0.9),
-                   (0.92, 0.98, 1.1), (0.15, 0.4), border=0.12),
+            Attack("print", 1 / 3, (1.0, 1.2), (0.35, 0.55), (12, 16), (0.55, 0.75), (0.7, 0.85),
+                   (1.04, 0.98, 0.88), (0.0, 0.15), border=0.05, fingers=0.4, lift=(0.1, 0.16)),
+            Attack("replay", 1 / 3, (0.95, 1.15), (0.1, 0.18), (5, 9), (0.8, 0.95), (0.75, 0.88),
+                   (0.95, 1.0, 1.08), (0.1, 0.3), border=0.08, lift=(0.12, 0.2)),
+            Attack("replay", 1 / 3, (0.65, 0.85), (0.12, 0.2), (4, 8), (0.75, 0.9), (0.7, 0.85),
+                   (0.92, 0.98, 1.1), (0.15, 0.4), border=0.12, lift=(0.15, 0.25)),
         ),
         lighting=Lighting((0.8, 1.05), (0.05, 0.3), (-0.5, 0.5), (0.3, 0.55), 0.1),
         backgrounds=((0.9, 0.9, 0.88), (0.65, 0.6, 0.55), (0.7, 0.75, 0.8)),
@@ -245,7 +253,7 @@ def _lights(g, n, lighting: Lighting):
 def _attacks(g, n, domain: Domain):
     which = _choice(g, n, [a.share for a in domain.attacks])
     out = {"kind": torch.tensor([KINDS.index(a.kind) for a in domain.attacks])[which].float()}
-    for field in ("scale", "cue", "frequency", "gamut", "contrast", "glare", "bend"):
+    for field in ("scale", "cue", "frequency", "gamut", "contrast", "glare", "bend", "lift"):
         lo = torch.tensor([getattr(a, field)[0] for a in domain.attacks], dtype=torch.float32)[which]
         hi = torch.tensor([getattr(a, field)[1] for a in domain.attacks], dtype=torch.float32)[which]
         out[field] = lo + (hi - lo) * torch.rand(n, generator=g)
@@ -465,8 +473,7 @@ def _spoof(p, q, size):
     # the medium's colour: gamut, contrast, tint; print adds halftone dots, replay a moire
     gray = content.mean(1, keepdim=True)
     content = gray + _sc(q, "gamut") * (content - gray)
-    lo = (1 - _sc(q, "contrast")) * torch.where(is_replay > 0, 0.6, 0.35)
-    content = (lo + _sc(q, "contrast") * content.clamp(0, 1)) * _col(q, "tint")
+    content = (_sc(q, "lift") + _sc(q, "contrast") * content.clamp(0, 1)) * _col(q, "tint")
     w = px / s
     dotted = _halftone(content.clamp(0, 1), xs, ys, _sc(q, "frequency") / 2 * s, _sc(q, "cue"), 1.5 * w)
     ang, curve = _sc(q, "moire_angle"), _sc(q, "moire_curve")
@@ -575,9 +582,13 @@ def _generate(domain, split, image_size, samples, seed):
     photo = {k: t[client] for k, t in people.items()}
     photo.update({k: t.clone() for k, t in _rooms(g, n, spec).items()})
     photo.update(_poses(g, n, frontal=True))
-    photo.update(_lights(g, n, Lighting((0.95, 1.05), (0.0, 0.1), (-0.3, 0.3), (0.5, 0.7), 0.0)))
+    photo.update(_lights(g, n, spec.photo_lighting))
     attack = dict(p)
     attack.update(_attacks(g, n, spec))
+    # the attacker frames the photo so that, on the medium, the face has a live face's size and place
+    photo["scale"] = photo["scale"] / attack["scale"]
+    photo["cx"] = (photo["cx"] - attack["offset_x"]) / attack["scale"]
+    photo["cy"] = (photo["cy"] - attack["offset_y"]) / attack["scale"]
     cam = _cameras(g, n, spec)
 
     big = image_size * SUPERSAMPLE
