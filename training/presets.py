@@ -1,6 +1,7 @@
 """Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe."""
 import copy
 
+from training.data.synth import VERSION as SYNTH_VERSION
 from training.errors import FaslandError
 
 METHOD_HPARAMS = {
@@ -53,7 +54,10 @@ def make_config(protocol: str, method: str, preset: str = "demo", overrides: dic
     config = copy.deepcopy(PRESETS[preset])
     config.update(protocol=protocol, method=method, preset=preset)
     config["hparams"].update(METHOD_HPARAMS[method])
-    return merge(config, overrides or {})
+    config = merge(config, overrides or {})
+    if config["data"]["root"] == "synth":   # a run on older SynthFAS images is another run
+        config["data"]["synth_version"] = SYNTH_VERSION
+    return config
 
 
 def merge(base: dict, overrides: dict, path: str = "") -> dict:
