@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr-step", type=int, default=4, help="halve the learning rate every N epochs (0: never)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the data stay the same)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -37,7 +38,7 @@ def main() -> int:
     rows = []
     for protocol in args.protocols.split(","):
         over = {"data": {"image_size": args.image_size},
-                "train": {"epochs": args.epochs, "lr_step": args.lr_step, "lr_gamma": 0.5,
+                "train": {"seed": args.seed, "epochs": args.epochs, "lr_step": args.lr_step, "lr_gamma": 0.5,
                           "eval_every": 10 ** 6}}   # evaluate once, at the end
         config = make_config(protocol, "erm", "demo", over)
         started = time.time()
