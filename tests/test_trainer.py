@@ -77,3 +77,16 @@ def test_another_config_in_the_same_folder_is_refused(tmp_path):
     with pytest.raises(FaslandError, match="another configuration"):
         train(tiny(), tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "config.yaml").read_text() == "protocol: OCM2I\n"
+
+
+def test_a_run_on_older_synthfas_images_is_refused_not_reused(tmp_path):
+    from training.data import synth
+    from training.trainer import prepare_run_dir
+    config = tiny()
+    assert config["data"]["synth_version"] == synth.VERSION
+    older = json.loads(json.dumps(config))
+    older["data"]["synth_version"] = synth.VERSION - 1
+    prepare_run_dir(tmp_path / "run", older)
+    with pytest.raises(FaslandError, match="differs in data"):
+        prepare_run_dir(tmp_path / "run", config)
+    assert "synth_version" not in make_config("ICM2O", "erm", "demo", {"data": {"root": str(tmp_path)}})["data"]
