@@ -53,13 +53,13 @@ def run_config(args) -> dict:
 
     parse_protocol(args.protocol)
     overrides = read_yaml(args.config) if args.config else {}
-    config = make_config(args.protocol, args.method, args.preset, overrides)
+    flags = {}
     for value, section, key in ((args.data, "data", "root"), (args.image_size, "data", "image_size"),
                                 (args.epochs, "train", "epochs"), (args.seed, "train", "seed"),
                                 (args.pretrained, "model", "pretrained")):
         if value is not None:
-            config[section][key] = value
-    return config
+            flags.setdefault(section, {})[key] = value
+    return make_config(args.protocol, args.method, args.preset, overrides, flags)
 
 
 def run_train(args) -> int:

@@ -45,8 +45,9 @@ PAPER = {
 PRESETS = {"demo": DEMO, "paper": PAPER}
 
 
-def make_config(protocol: str, method: str, preset: str = "demo", overrides: dict | None = None) -> dict:
-    """A full run config: the preset, the method's hyper-parameters, then `overrides` merged in (nested dicts)."""
+def make_config(protocol: str, method: str, preset: str = "demo", *overrides: dict | None) -> dict:
+    """A full run config: the preset, the method's hyper-parameters, then each of `overrides` merged in
+    order (nested dicts; None is skipped)."""
     if preset not in PRESETS:
         raise FaslandError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
     if method not in METHOD_HPARAMS:
@@ -54,7 +55,8 @@ def make_config(protocol: str, method: str, preset: str = "demo", overrides: dic
     config = copy.deepcopy(PRESETS[preset])
     config.update(protocol=protocol, method=method, preset=preset)
     config["hparams"].update(METHOD_HPARAMS[method])
-    config = merge(config, overrides or {})
+    for o in overrides:
+        merge(config, o or {})
     if config["data"]["root"] == "synth":   # a run on older SynthFAS images is another run
         config["data"]["synth_version"] = SYNTH_VERSION
     return config
