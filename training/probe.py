@@ -7,6 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
+from training.algorithms import hparams
 from training.algorithms.base import bce
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
@@ -106,4 +107,4 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
             idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
         domains[name], clients[name] = (normalize(dom.images[idx]), dom.labels[idx]), dom.clients[idx]
     return Probe(domains, sources, target, batch_size=batch_size,
-                 logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device, clients=clients)
+                 logit_scale=hparams("erm", config)["logit_scale"], device=device, clients=clients)
