@@ -15,7 +15,6 @@ Evaluation options (recorded in the provenance as `evaluation`, part of the surf
   analysis.hessian.curvature_measure: datasets lambda_max, lambda_min, convexity_ratio).
 """
 import math
-import platform
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from landscape import mpi
 from landscape.directions import Directions, cosine, model_tensors
 from landscape.store import SurfaceStore
 from training.errors import FaslandError
+from training.provenance import versions
 
 
 def parse_axis(spec: str, flag: str = "--x") -> np.ndarray:
@@ -177,18 +177,6 @@ class BatchNormState:
     def restore(self) -> None:
         for b, v in self.saved:
             b.copy_(v)
-
-
-def versions() -> dict:
-    import h5py
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        fasland = version("fasland")
-    except PackageNotFoundError:
-        fasland = "unknown"
-    return {"fasland": fasland, "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-            "python": platform.python_version()}
 
 
 def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, ycoords=None, out_path=None,
