@@ -767,21 +767,18 @@ def growing_counts(n: int) -> list[int]:
 
 
 def spread(values) -> dict:
-    """mean, std (ddof 1) over subsets and the 95% t-interval mean ± t_{.975, B−1}·std/√B — of the full
-    sample's value (exact for the trace, the mean of the subsets' traces; first order for eigenvalues)."""
-    from scipy.stats import t as student
+    """The per-subset values with analysis.intervals.subset_interval: mean, std (ddof 1), n and the central
+    95% interval of the values (the spread of an estimate made on one subset's worth of samples)."""
+    from analysis.intervals import subset_interval
 
-    x = np.asarray(values, dtype=np.float64)
-    mean, std = float(x.mean()), float(x.std(ddof=1))
-    half = float(student.ppf(0.975, len(x) - 1) * std / math.sqrt(len(x)))
-    return {"values": x.tolist(), "mean": mean, "std": std, "interval95": [mean - half, mean + half]}
+    return {"values": [float(v) for v in values], **subset_interval(values)}
 
 
 def sampling_uncertainty(model, loss_fn, data, n_subsets: int = 4, top_k: int = 1, with_trace: bool = False,
                          tol: float = 1e-3, seed: int = 0, trace_samples: int = 30, trace_method: str = "hutch++",
                          max_iter: int = 300, growth: bool = True, hvp: str = DEFAULT_HVP, world=None, progress=None) -> dict:
     """How much λ_1…λ_k (and tr H) depend on the sample: their values on n_subsets disjoint random subsets
-    of the samples with `spread` (mean, std, 95% interval), and λ_max (and the trace) on the first n samples
+    of the samples with `spread` (mean, std, central 95% interval), and λ_max (and the trace) on the first n samples
     of one seeded order for n = 1, 2, 4, … up to all of them (nested sets: the curve shows whether the
     estimate has settled). Under MPI each rank deals its own shard."""
 
