@@ -28,6 +28,12 @@ from training.errors import FaslandError
 HVP_METHODS = ("double_backward", "forward_over_reverse")
 # The faster of the two on ResNet18 (bench/hessian.py measures both in the same run).
 DEFAULT_HVP = "double_backward"
+# One set of defaults for the Python API below and for `fasland hessian` (analysis.commands.hessian).
+TOL = 1e-4            # relative error bound of each eigenvalue
+MAX_ITER = 300        # Hessian-vector products per eigenvalue search at most
+TRACE_SAMPLES = 50    # Hutchinson vectors
+TRACE_TOL = 0.0       # stop the trace early once stderr ≤ TRACE_TOL·|mean| (0: always TRACE_SAMPLES vectors)
+DENSITY_ITER = 50     # Lanczos steps per SLQ run
 KEEP_GRAPH_ELEMENTS = 2 ** 21
 
 
@@ -341,8 +347,8 @@ def lanczos_start(H: Hessian, generator: torch.Generator) -> torch.Tensor:
     return v.add_(g, alpha=1 / gn) if math.isfinite(gn) and gn > 0 else v
 
 
-def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
-                    max_iter: int = 300, start: str = "gradient") -> list[float]:
+def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = TOL, method: str = "lanczos", seed: int = 0,
+                    max_iter: int = MAX_ITER, start: str = "gradient") -> list[float]:
     """The top_k eigenvalues of the operator H, descending (see `hessian_eigenvalues`)."""
     if top_k < 1 or top_k > H.dim:
         raise FaslandError(f"--top-k {top_k} must be between 1 and the number of parameters ({H.dim})")
@@ -360,7 +366,7 @@ def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str =
     raise FaslandError(f"unknown eigenvalue method '{method}'; use lanczos or power")
 
 
-def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = 300) -> list[float]:
+def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = MAX_ITER) -> list[float]:
     """PyHessian's method: for each i, iterate v ← Hv/‖Hv‖ on the complement of the eigenvectors found so
     far, λ = vᵀHv, until |Δλ| / (|λ| + 1e-6) < tol. Finds the eigenvalues largest in magnitude."""
     values, vectors = [], []
@@ -383,8 +389,8 @@ def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generat
     return sorted(values, reverse=True)
 
 
-def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
-                        max_iter: int = 300, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
+def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = TOL, method: str = "lanczos", seed: int = 0,
+                        max_iter: int = MAX_ITER, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
                         world=None, progress=None) -> list[float]:
     """The top_k eigenvalues of ∇²L(θ), descending.
 
@@ -403,7 +409,7 @@ class Trace(NamedTuple):
     samples: list     # vᵀHv per probe vector (H_ii per basis vector for the exact trace)
 
 
-def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
+def trace_estimate(H: Hessian, n_samples: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, min_samples: int = 10) -> Trace:
     """Hutchinson: tr H = E[vᵀHv] over Rademacher v; stops after n_samples or once stderr ≤ tol·|mean|."""
     if n_samples < 2:
         raise FaslandError(f"the trace needs at least 2 Hutchinson samples to give a standard error, not {n_samples}")
@@ -429,7 +435,7 @@ def exact_trace(H: Hessian) -> Trace:
     return Trace(float(np.sum(diag)), 0.0, diag)
 
 
-def hessian_trace(model, loss_fn, data, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutchinson",
+def hessian_trace(model, loss_fn, data, n_samples: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, method: str = "hutchinson",
                   hvp: str = DEFAULT_HVP, keep_graph: bool | None = None, world=None, progress=None) -> Trace:
     """tr ∇²L(θ) as Trace(mean, stderr, samples): Hutchinson's estimator (method "hutchinson"), or exactly
     from every basis vector (method "exact", one HVP per parameter)."""
@@ -450,7 +456,7 @@ class Density(NamedTuple):
     sigma: float      # the Gaussian's standard deviation
 
 
-def slq(H: Hessian, n_iter: int = 100, n_runs: int = 1, seed: int = 0) -> tuple[list, list]:
+def slq(H: Hessian, n_iter: int = DENSITY_ITER, n_runs: int = 1, seed: int = 0) -> tuple[list, list]:
     """Stochastic Lanczos quadrature: n_runs Lanczos runs of n_iter steps from normalized Rademacher
     vectors v; each gives nodes θ_j and weights τ_j with Σ_j τ_j f(θ_j) ≈ vᵀ f(H) v / vᵀv (exact for
     polynomials of degree < 2·n_iter), whose mean over v is tr f(H) / dim."""
@@ -483,7 +489,7 @@ def broaden(nodes, weights, grid_size: int = 1000, sigma: float | None = None, s
     return grid, density, float(sigma)
 
 
-def hessian_density(model, loss_fn, data, n_iter: int = 100, n_runs: int = 1, seed: int = 0, grid_size: int = 1000,
+def hessian_density(model, loss_fn, data, n_iter: int = DENSITY_ITER, n_runs: int = 1, seed: int = 0, grid_size: int = 1000,
                     sigma: float | None = None, sigma_rel: float = 0.01, hvp: str = DEFAULT_HVP,
                     keep_graph: bool | None = None, world=None, progress=None) -> Density:
     """The spectral density of ∇²L(θ) by stochastic Lanczos quadrature (as PyHessian's `density`):
