@@ -3,7 +3,6 @@ clients of the sources and on the target, the trajectory saved, every epoch resu
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -11,8 +10,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from training.algorithms import make_algorithm
-from training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from training.algorithms import algorithm_class, make_algorithm
+from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
 from training.errors import FaslandError
@@ -31,7 +30,7 @@ class SourceBatches:
         self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
-        self.with_depth = config["method"] == "rfm"
+        self.with_depth = algorithm_class(config["method"]).needs_depth
 
     def sample(self, g: torch.Generator) -> list[tuple]:
         """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""
@@ -137,12 +136,7 @@ def prepare_run_dir(out: Path, config: dict) -> None:
             changed = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
             raise FaslandError(f"'{out}' holds a run with another configuration (differs in {', '.join(changed)}); pass a new --out or the same settings")
         return
-    tmp = path.with_suffix(".yaml.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
 
 
 def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
