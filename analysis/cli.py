@@ -64,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
+    p.add_argument("--seeds", default=None, metavar="S[,S...]",
+                   help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
+                        "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -113,6 +116,7 @@ def run_study(args) -> int:
 
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
-                    data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures)
+                    data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
+                    seeds=args.seeds)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

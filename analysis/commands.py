@@ -19,22 +19,6 @@ from training.errors import FaslandError
 PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None}
 
 
-def versions() -> dict:
-    import platform
-    from importlib import metadata
-
-    import numpy
-    import scipy
-    import torch
-
-    try:
-        fasland = metadata.version("fasland")
-    except metadata.PackageNotFoundError:
-        fasland = "unknown"
-    return {"fasland": fasland, "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
-
-
 def read_previous(path) -> dict:
     """An earlier result at `path` to resume from, or {} (missing or unreadable: start afresh)."""
     try:
@@ -138,6 +122,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
 
     from analysis.mpi_reduce import shard
     from training.checkpoint import file_hash
+    from training.provenance import versions
 
     check_positive(top_k=top_k, tol=tol, max_iter=max_iter, trace_samples=trace_samples, density_iter=density_iter,
                    density_runs=density_runs)
@@ -189,7 +174,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
         elif name == "trace":
             H = operator("train")
             H.progress = bar = progress_bar(w, trace_samples, "trace", "hvp")
-            t = hs.trace_estimate(H, trace_samples, seed=seed)
+            t = hs.trace(H, trace_samples, seed=seed, method="hutchinson")
             result["trace"] = {"mean": t.mean, "stderr": t.stderr, "n_samples": len(t.samples), "samples": t.samples}
         elif name == "density":
             H = operator("train")
@@ -247,28 +232,18 @@ def hessian_summary(r: dict, out) -> str:
 # ---- fasland conflicts -----------------------------------------------------------------------------
 
 def conflict_settings(ckpt, at="both", rho=None, eta=None, alpha=None, adaptive=None, official_accumulation=None) -> dict:
-    """ρ, η, α, adaptive, official_accumulation: the given values, else the checkpoint's hparams, else GAC-FAS's defaults."""
-    from training.algorithms.gacfas import GACFAS
+    """ρ, η, α, adaptive, official_accumulation: the given values, else the checkpoint's hparams, else GAC-FAS's
+    (and SAM's for `adaptive`) defaults, read through the one registry training.algorithms.hparams."""
+    from training.algorithms import hparams
 
-    h = ckpt["config"].get("hparams", {}) if isinstance(ckpt.get("config"), dict) else {}
-    d = GACFAS.HPARAMS
+    g, sam = hparams("gacfas", ckpt.get("config")), hparams("sam", ckpt.get("config"))
     return {"at": at,
-            "rho": rho if rho is not None else float(h.get("rho", d["rho"])),
-            "eta": eta if eta is not None else float(h.get("eta", d["eta"])),
-            "alpha": alpha if alpha is not None else float(h.get("alpha", d["alpha"])),
-            "adaptive": bool(adaptive if adaptive is not None else h.get("adaptive", False)),
+            "rho": rho if rho is not None else float(g["rho"]),
+            "eta": eta if eta is not None else float(g["eta"]),
+            "alpha": alpha if alpha is not None else float(g["alpha"]),
+            "adaptive": bool(adaptive if adaptive is not None else sam["adaptive"]),
             "official_accumulation": bool(official_accumulation if official_accumulation is not None
-                                          else h.get("official_accumulation", False))}
-
-
-def trajectory_checkpoints(run_dir) -> list:
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise FaslandError(f"--trajectory '{run_dir}' is not a folder; pass the run directory written by 'fasland train'")
-    found = sorted((d / "checkpoints").glob("epoch_*.pt"))
-    if not found:
-        raise FaslandError(f"--trajectory '{run_dir}' has no checkpoints/epoch_*.pt; pass a run directory of 'fasland train' (it saves one per epoch)")
-    return found
+                                          else g["official_accumulation"])}
 
 
 def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
@@ -296,7 +271,8 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     not yet in `out` (one per rank at a time); `out` is rewritten after each. Returns the result dict."""
     from analysis.conflicts import work_units
     from landscape import mpi
-    from training.checkpoint import file_hash, load_model
+    from training.checkpoint import file_hash, load_model, trajectory_checkpoints
+    from training.provenance import versions
 
     if checkpoint is None:
         if trajectory is None:

@@ -39,14 +39,15 @@ def directions_path(out, dir_file=None) -> Path:
 def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, dir_file=None, dir_type=None,
             xnorm: str = "filter", xignore: str = "biasbn", ynorm=None, yignore=None, orthogonalize: bool = False,
             seed: int = 0, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-            threads: int | None = None, autocast: bool | None = None):
+            threads: int | None = None, autocast: str | None = None):
     """f(a, b) = every probe metric of θ + a·d1 + b·d2 at each grid point, written to `out` (HDF5, the
     reference layout; resumed if it holds this very surface, refused if it holds another).
 
     x, y: 'MIN:MAX:N' specs or sequences of coordinates. Directions: filter-normalized random (seeded) by
     default; model2 (and model3): θ(model2) − θ; pca: the top-2 PCA directions of RUN_DIR's trajectory;
     dir_file: reuse a direction file. They are saved to `directions_path(out, dir_file)`.
-    autocast None: on CUDA only. Under MPI every rank calls this alike; rank 0 gets the store, others None.
+    autocast: None (float32, the default), "bf16" or "fp16" (recorded in the file's provenance).
+    Under MPI every rank calls this alike; rank 0 gets the store, the others None.
     """
     from landscape import mpi
     from landscape.directions import load_directions
@@ -171,8 +172,8 @@ def directions_recipe(sources: dict, two_d: bool, dir_type=None, xnorm="filter",
             raise FaslandError(f"--dir-file '{dir_file}' not found; pass an existing direction .h5 (to make new directions, drop --dir-file)")
         return {"kind": "file", "sha256": file_hash(dir_file), "dir_type": dir_type}
     if pca:
-        from landscape.directions import trajectory_checkpoints
-        files = trajectory_checkpoints(pca)
+        from training.checkpoint import trajectory_checkpoints
+        files = trajectory_checkpoints(pca, at_least=3)
         return {"kind": "pca", "dir_type": kind, "ignore": xignore, "orthogonalize": False,
                 "checkpoints": [[p.name, file_hash(p)] for p in files]}
     x = ({"kind": "interpolation", "to_sha256": file_hash(checked(model2, "--model2"))} if model2
@@ -199,7 +200,7 @@ def ensure_directions(model, recipe: dict, checkpoint_sha256: str, path: Path, s
     import torch
 
     from landscape.directions import (Directions, interpolation_direction, load_directions, orthogonalize,
-                                      pca_directions, random_direction, save_directions, trajectory_checkpoints)
+                                      pca_directions, random_direction, save_directions)
     from training.checkpoint import load_model
 
     path = Path(path)
@@ -218,7 +219,7 @@ def ensure_directions(model, recipe: dict, checkpoint_sha256: str, path: Path, s
             return
     dir_type = recipe.get("dir_type", "weights")
     if recipe.get("kind") == "pca":
-        dirs = pca_directions(model, trajectory_checkpoints(sources["pca"]), dir_type, recipe["ignore"])
+        dirs = pca_directions(model, sources["pca"], dir_type, recipe["ignore"])
         dirs.recipe = recipe
     else:
         g = torch.Generator().manual_seed(int(recipe["seed"]))
@@ -245,6 +246,7 @@ def quick_plot(path) -> Path:
     import numpy as np
 
     from landscape.store import grid_view, read_store
+    from training.checkpoint import atomic_write
 
     s = read_store(path)
     png = Path(path).with_suffix(".png")
@@ -274,8 +276,6 @@ def quick_plot(path) -> Path:
             ax.legend(fontsize=8)
         ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title("train_loss")
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, png)
     return png

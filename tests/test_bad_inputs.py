@@ -57,6 +57,8 @@ CASES = [
     Case("train-data-missing", TRAIN + ["--data", "{d}/nodata", "--out", "{t}/r"], ["{d}/nodata"]),
     Case("train-data-empty-folder", TRAIN + ["--data", "{d}/empty", "--out", "{t}/r"], ["{d}/empty/replay"]),
     Case("train-data-no-live-videos", TRAIN + ["--data", "{d}/nolive", "--out", "{t}/r"], ["{d}/nolive/replay/train", "live"]),
+    Case("train-data-label-only-a-substring", TRAIN + ["--data", "{d}/substring", "--out", "{t}/r"],
+         ["{d}/substring/replay/train/alive/v1", "word"]),
     Case("train-data-no-frames", TRAIN + ["--data", "{d}/noframes", "--out", "{t}/r"], ["{d}/noframes/replay/train"]),
     Case("train-data-unlabelled-video", TRAIN + ["--data", "{d}/unlabelled", "--out", "{t}/r"], ["{d}/unlabelled/replay/train/v1"]),
     Case("train-data-corrupt-image", TRAIN + ["--config", "{d}/tiny.yaml", "--data", "{d}/corrupt", "--out", "{t}/r"],
@@ -207,6 +209,7 @@ def workspace(tmp_path_factory):
         f["a"] = np.arange(3.0)
     write_dataset(d / "nolive", kinds=("spoof",))
     write_dataset(d / "unlabelled", label_word=False)
+    write_dataset(d / "substring", kinds=("alive", "spoof"))     # 'alive' holds 'live' only as a substring
     write_dataset(d / "corrupt", corrupt="replay/train/live/v1/crop_0.jpg")
     (d / "noframes" / "replay" / "train").mkdir(parents=True)
 

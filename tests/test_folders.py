@@ -87,3 +87,23 @@ def test_errors_name_the_path_and_the_fix(root, tmp_path, case, message):
             write_video(split / "attack" / "v2")
     with pytest.raises(FaslandError, match=message):
         load_domain(str(target), domain, "train", image_size=16, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("relative, label", [
+    ("spoof/Clive_03", 0), ("live/Spoofy", 1), ("Live-session/v1", 1), ("attack/v1_SPOOF", 0),
+    ("session1/live_02", 1), ("alive/v1", None), ("spoofing/v1", None), ("live/spoof_01", None), ("v1", None),
+])
+def test_labels_are_whole_words_of_the_path(relative, label):
+    from pathlib import Path
+
+    from training.data.folders import video_label
+    assert video_label(Path(relative)) == label
+
+
+def test_a_spoof_video_named_like_clive_loads_as_spoof(tmp_path):
+    r = tmp_path / "data"
+    for split in ("train", "test"):
+        write_video(r / "casia" / split / "live" / "olive_01", 2)
+        write_video(r / "casia" / split / "spoof" / "Clive_03", 3)
+    data = load_domain(str(r), "C", "train", image_size=16, cache_dir=str(tmp_path / "cache"))
+    assert data.labels.tolist() == [1.0] * 2 + [0.0] * 3

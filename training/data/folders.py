@@ -1,12 +1,13 @@
 """Real datasets in the SA-FAS / GAC-FAS layout:
-ROOT/{replay,oulu,casia,msu}/{train,test}/.../<video>/crop_*.jpg, the label read from "live" or
-"spoof" in the path below the split folder. Each video is one client id. Depth maps come from a
-`depth_*.jpg` next to each `crop_*.jpg` when present; otherwise live frames get a generic face
-relief (an ellipsoid over the crop) and spoof frames zeros."""
+ROOT/{replay,oulu,casia,msu}/{train,test}/.../<video>/crop_*.jpg, the label read from the word
+"live" or "spoof" in the path below the split folder (a folder name or a _/- separated part of one).
+Each video is one client id. Depth maps come from a `depth_*.jpg` next to each `crop_*.jpg` when
+present; otherwise live frames get a generic face relief (an ellipsoid over the crop) and spoof
+frames zeros."""
 
 import hashlib
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ DEPTH_SIZE = 32
 
 
 def video_label(relative: Path) -> int | None:
-    """1 for a path with 'live' in it, 0 for 'spoof', None when neither or both (case-insensitive)."""
-    text = relative.as_posix().lower()
-    live, spoof = "live" in text, "spoof" in text
+    """1 for a path with the word 'live' in it, 0 for 'spoof', None when neither or both. A word is a
+    whole folder name or a `_`/`-`-separated part of one, case-insensitive: `spoof/Clive_03` is spoof."""
+    words = {w for part in relative.parts for w in re.split(r"[_-]", part.lower())}
+    live, spoof = "live" in words, "spoof" in words
     return None if live == spoof else int(live)
 
 
@@ -49,11 +51,11 @@ def find_videos(root, domain: str, split: str) -> list[tuple[Path, int, list[Pat
     for video, paths in frames.items():
         label = video_label(video.relative_to(split_dir))
         if label is None:
-            raise FaslandError(f"cannot tell live from spoof for video '{video}'; put 'live' or 'spoof' (not both) in its path below '{split_dir}'")
+            raise FaslandError(f"cannot tell live from spoof for video '{video}'; put the word 'live' or 'spoof' (not both) in its path below '{split_dir}', as a folder name or a _/- separated part of one (live/v1, v1_spoof)")
         videos.append((video, label, paths))
     for label, name in ((1, "live"), (0, "spoof")):
         if not any(v[1] == label for v in videos):
-            raise FaslandError(f"'{split_dir}' has no {name} videos; a video's path must contain 'live' or 'spoof' and both kinds must be present")
+            raise FaslandError(f"'{split_dir}' has no {name} videos; a video's path must hold the word 'live' or 'spoof' (a folder name or a _/- separated part of one) and both kinds must be present")
     return videos
 
 
@@ -117,16 +119,10 @@ def load(root, domain: str, split: str, image_size: int = 64, samples: int | Non
         depth=torch.from_numpy(np.stack(depth)),
         clients=torch.tensor([first + client for _, _, client in frames], dtype=torch.int64),
     )
+    from training.checkpoint import atomic_save
+
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(data._asdict(), tmp)
-            os.replace(tmp, cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
+        atomic_save(data._asdict(), cache_path)
+    except FaslandError:
         pass    # a read-only cache only costs the decoding next time
     return data
