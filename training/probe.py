@@ -60,16 +60,19 @@ class Loss:
 class Probe:
     """domains: {name: (x, y)} with x uint8 images (normalized per batch by `normalization`, as the model was
     trained) or float images used as given; sources are averaged into `train_*`, the target gives `test_*`
-    plus its HTER and AUC on the live score. loss: a Loss (default BCE at `logit_scale`)."""
+    plus its HTER and AUC on the live score. loss: a Loss (default BCE at `logit_scale`). clients: {name: client
+    id per sample} (CPU), the unit of the bootstrap intervals; {} when unknown."""
 
     def __init__(self, domains: dict, sources, target=None, batch_size: int = 256, logit_scale: float = 1.0,
-                 device="cpu", channels_last: bool = True, loss: Loss | None = None, normalization: str = "imagenet"):
+                 device="cpu", channels_last: bool = True, loss: Loss | None = None, normalization: str = "imagenet",
+                 clients: dict | None = None):
         if batch_size <= 0:
             raise FaslandError(f"batch size {batch_size} must be positive; pass --batch-size 128 or similar")
         self.device = torch.device(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.domains = {d: (x.to(self.device).contiguous(memory_format=fmt), y.to(self.device).float()) for d, (x, y) in domains.items()}
         self.sources, self.target = tuple(sources), target
+        self.clients = {d: c.cpu() for d, c in (clients or {}).items()}
         self.batch_size, self.channels_last = batch_size, channels_last
         self.loss = loss or Loss("bce", logit_scale)
         self.normalization = normalization
@@ -144,17 +147,17 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     sources, target = parse_protocol(config["protocol"])
     d = config["data"]
     root = data or d["root"]
-    domains = {}
+    domains, clients = {}, {}
     for name, split in [(s, source_split) for s in sources] + [(target, "test")]:
         if str(root) == "synth":
             dom = load_domain(root, name, split, image_size=d["image_size"], seed=d.get("seed", 0))
             idx = torch.arange(len(dom.labels))
             if max_samples is not None and len(idx) > max_samples:
                 idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
-            domains[name] = (dom.images[idx], dom.labels[idx])
+            domains[name], clients[name] = (dom.images[idx], dom.labels[idx]), dom.clients[idx]
         else:
             from training.data import folders
             dom = folders.load_frames(root, name, split, d["image_size"], frames_per_video, max_samples, seed=d.get("seed", 0))
-            domains[name] = (dom.images, dom.labels)
+            domains[name], clients[name] = (dom.images, dom.labels), dom.clients
     return Probe(domains, sources, target, batch_size=batch_size, device=device, loss=Loss.from_config(config),
-                 normalization=d.get("normalize", "imagenet"))
+                 normalization=d.get("normalize", "imagenet"), clients=clients)
