@@ -1,10 +1,15 @@
 """The probe: each domain's evaluation images, loaded once onto the device as uint8 and normalized per
 batch, the loss the model was trained with, and every metric of a model in one pass over them.
-Surfaces, Hessians and conflict matrices all start from it."""
+Surfaces, Hessians and conflict matrices all start from it, and every eval-mode loop over its batches
+(the logits here, a Hessian's loss, a domain's gradient) runs under `eval_mode` and averages batches
+with `batch_weights`."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.algorithms import hparams
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
 from training.errors import FaslandError
@@ -29,7 +34,7 @@ class Loss:
     @classmethod
     def from_config(cls, config: dict) -> "Loss":
         """config["loss"] ({"kind", "logit_scale", "live_index"}), else BCE at hparams.logit_scale."""
-        spec = config.get("loss") or {"kind": "bce", "logit_scale": config.get("hparams", {}).get("logit_scale", 1.0)}
+        spec = config.get("loss") or {"kind": "bce", "logit_scale": hparams("erm", config)["logit_scale"]}
         return cls(spec.get("kind", "bce"), spec.get("logit_scale", 1.0), spec.get("live_index", 1))
 
     def _check(self, z: torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,26 @@ class Loss:
     def score(self, z: torch.Tensor) -> torch.Tensor:
         z = self._check(z)
         return z if self.kind == "bce" else z[:, self.live_index] - z[:, 1 - self.live_index]
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run in eval mode (BatchNorm on its running statistics), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_weights(batches, world=None) -> list[float]:
+    """w_b = n_b / Σ n over all ranks' batches: Σ_b w_b L_b is the union's mean loss."""
+    n_local = sum(len(y) for _, y in batches)
+    n = world.sum_scalar(n_local) if world is not None else n_local
+    if n == 0:
+        raise FaslandError("the batches hold no samples; pass a probe with at least one image per domain")
+    return [len(y) / n for _, y in batches]
 
 
 class Probe:
@@ -102,13 +127,9 @@ class Probe:
         """One eval-mode pass: {domain: model outputs}."""
         if self.channels_last:   # outside inference mode: the parameters must stay usable by autograd
             model.to(memory_format=torch.channels_last)
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            out = {d: torch.cat([model(self.inputs(x[i:i + self.batch_size])).float() for i in range(0, len(x), self.batch_size)])
-                   for d, (x, _) in self.domains.items()}
-        model.train(was_training)
-        return out
+        with eval_mode(model), torch.inference_mode():
+            return {d: torch.cat([model(self.inputs(x[i:i + self.batch_size])).float() for i in range(0, len(x), self.batch_size)])
+                    for d, (x, _) in self.domains.items()}
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{domain: live score} of one pass's outputs."""

@@ -3,7 +3,6 @@ clients of the sources and on the target, the trajectory saved, every epoch resu
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -11,8 +10,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from training.algorithms import make_algorithm
-from training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from training.algorithms import algorithm_class, make_algorithm
+from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
 from training.errors import FaslandError
@@ -38,7 +37,7 @@ class SourceBatches:
             self.draws = [VideoStream(d["root"], s, d["image_size"], self.batch, d.get("workers", 2), seed=t["seed"] * 1009 + i)
                           for i, s in enumerate(sources)]
         self.names, self.device, self.normalization = sources, device, d.get("normalize", "imagenet")
-        self.with_depth = config["method"] == "rfm"
+        self.with_depth = algorithm_class(config["method"]).needs_depth
 
     def sample(self, g: torch.Generator) -> list[tuple]:
         """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""
@@ -155,12 +154,7 @@ def prepare_run_dir(out: Path, config: dict) -> None:
             changed = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
             raise FaslandError(f"'{out}' holds a run with another configuration (differs in {', '.join(changed)}); pass a new --out or the same settings")
         return
-    tmp = path.with_suffix(".yaml.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
 
 
 def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
