@@ -95,14 +95,14 @@ def test_logits_equal_the_source_models(imported):
 
 def test_surface_hessian_conflicts_run(imported):
     name, _, out, _, tmp = imported
-    small = ["--max-samples", "2", "--batch-size", "8", "--threads", "1"]
+    small = ["--max-samples", "4", "--batch-size", "8", "--threads", "1"]
     r = cli(["surface", "--checkpoint", out, "--x", "-0.5:0:2", *small, "--out", tmp / "s.h5"])
     assert r.code == 0, r.err[-3000:]
     with h5py.File(tmp / "s.h5", "r") as f:
         assert np.isfinite(f["train_loss"][:]).all() and f["done"][:].all()
         centre = float(f["train_loss"][1])
     model, ckpt = load_model(out)
-    assert centre == pytest.approx(load_probe(ckpt["config"], max_samples=2)(model)["train_loss"], rel=1e-5)
+    assert centre == pytest.approx(load_probe(ckpt["config"], max_samples=4)(model)["train_loss"], rel=1e-5)
     r = cli(["hessian", "--checkpoint", out, "--max-iter", "2", "--tol", "0.5", *small, "--out", tmp / "h.json"])
     assert r.code == 0, r.err[-3000:]
     assert np.isfinite(json.loads((tmp / "h.json").read_text())["eigenvalues"]).all()
