@@ -12,6 +12,7 @@ from training.errors import FaslandError
 COMMANDS = [
     ("train", "training.cli"),
     ("data", "training.cli"),
+    ("import", "training.imports"),
     ("surface", "landscape.cli"),
     ("export", "landscape.exports.cli"),
     ("hessian", "analysis.cli"),
