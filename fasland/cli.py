@@ -19,6 +19,8 @@ COMMANDS = [
     ("conflicts", "analysis.cli"),
     ("study", "analysis.cli"),
 ]
+# modules that register views of their result files for `fasland export html` (landscape.exports.views)
+VIEWS = ["analysis.views"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +51,8 @@ def keep_freed_memory() -> None:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     keep_freed_memory()
+    for module in VIEWS:
+        importlib.import_module(module)
     try:
         return args.run(args) or 0
     except FaslandError as e:
