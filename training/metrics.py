@@ -30,3 +30,16 @@ def fas_metrics(scores, labels) -> dict:
         "acc": float((pred == (labels == 1)).mean()),
         "threshold": threshold,
     }
+
+
+def auc_by_kind(scores, labels, kinds) -> dict:
+    """{kind: AUC of live against that kind's spoofs alone} for every attack kind among `kinds`
+    (one name per sample, 'live' for live ones)."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    kinds = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds[labels == 0].tolist())):
+        keep = (labels == 1) | (kinds == kind)
+        if (labels[keep] == 1).any() and np.isfinite(scores[keep]).all():
+            out[kind] = float(roc_auc_score(labels[keep].astype(np.int64), scores[keep]))
+    return out

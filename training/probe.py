@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from training.algorithms.base import bce
-from training.data import load_domain, normalize
-from training.data.protocols import parse_protocol
+from training.data import normalize
+from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
 from training.metrics import fas_metrics
 
@@ -76,12 +76,16 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     sources, target = parse_protocol(config["protocol"])
     d = config["data"]
     root = data or d["root"]
-    domains = {}
+    domains, kinds = {}, {}
     for name, split in [(s, source_split) for s in sources] + [(target, "test")]:
-        dom = load_domain(root, name, split, image_size=d["image_size"], seed=d.get("seed", 0))
+        dom, notes = load_protocol_domain(config["protocol"], root, name, split, d["image_size"], d.get("seed", 0))
         idx = torch.arange(len(dom.labels))
         if max_samples is not None and len(idx) > max_samples:
             idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
         domains[name] = (normalize(dom.images[idx]), dom.labels[idx])
-    return Probe(domains, sources, target, batch_size=batch_size,
-                 logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device)
+        names = None if notes is None else notes.kind_names()
+        kinds[name] = None if names is None else [names[i] for i in idx.tolist()]
+    probe = Probe(domains, sources, target, batch_size=batch_size,
+                  logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device)
+    probe.kinds = kinds     # attack kind per image ('live' for live ones), None on real data
+    return probe

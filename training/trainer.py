@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from training.algorithms import make_algorithm
 from training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from training.data import load_domain, normalize
-from training.data.protocols import parse_protocol
+from training.data import normalize
+from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
-from training.metrics import fas_metrics
+from training.metrics import auc_by_kind, fas_metrics
 from training.model import build_model, load_pretrained
 from training.probe import load_probe
 
@@ -27,7 +27,8 @@ class SourceBatches:
     def __init__(self, config: dict, device):
         d = config["data"]
         sources, _ = parse_protocol(config["protocol"])
-        self.domains = [load_domain(d["root"], s, "train", image_size=d["image_size"], seed=d.get("seed", 0)) for s in sources]
+        self.domains = [load_protocol_domain(config["protocol"], d["root"], s, "train", d["image_size"], d.get("seed", 0))[0]
+                        for s in sources]
         self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
@@ -83,10 +84,12 @@ def evaluate(model, probe) -> dict:
     logits = probe.logits(model)
     t = probe.target
     target = fas_metrics(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy())
+    if getattr(probe, "kinds", {}).get(t):
+        target["auc_by_kind"] = auc_by_kind(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy(), probe.kinds[t])
     s_scores = torch.cat([logits[s] for s in probe.sources]).cpu().numpy()
     s_labels = torch.cat([probe.domains[s][1] for s in probe.sources]).cpu().numpy()
     sources = fas_metrics(s_scores, s_labels)
-    return {"target": {k: target[k] for k in ("hter", "auc", "tpr_at_fpr5", "acc")},
+    return {"target": {k: target[k] for k in ("hter", "auc", "tpr_at_fpr5", "acc", "auc_by_kind") if k in target},
             "sources": {k: sources[k] for k in ("hter", "auc")}}
 
 
