@@ -429,14 +429,14 @@ def keep_freed_memory() -> None:
 
 
 def main(argv=None) -> int:
-    from analysis import study
+    from analysis import attention, study
     from landscape import cli as landscape_cli
     from landscape.exports import cli as export_cli
     from training import cli as training_cli
 
     parser = argparse.ArgumentParser(prog="fasland", description="Loss landscapes, sharpness and gradient conflict for cross-domain face anti-spoofing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training_cli, landscape_cli, export_cli, sys.modules[__name__], study):
+    for module in (training_cli, landscape_cli, export_cli, sys.modules[__name__], study, attention):
         module.register(sub)
     args = parser.parse_args(argv)
     keep_freed_memory()

@@ -151,6 +151,13 @@ CASES = [
     Case("conflicts-trajectory-without-epochs", ["conflicts", "--trajectory", "{d}/empty", "--out", "{t}/c.json"], ["{d}/empty"]),
     Case("conflicts-negative-rho", ["conflicts", "--checkpoint", "{d}/c.pt", "--rho", "-1", *SURF, "--out", "{t}/c.json"], ["--rho -1"]),
     Case("conflicts-nan-weights", ["conflicts", "--checkpoint", "{d}/nan.pt", *SURF, "--out", "{t}/c.json"], ["{d}/nan.pt"]),
+    # ---- attention and unseen-attack protocols
+    Case("attention-unknown-method", ["attention", "--checkpoint", "{d}/c.pt", "--method", "lime", "--out", "{t}/a"], ["'lime'", "integrated-gradients"]),
+    Case("attention-zero-samples", ["attention", "--checkpoint", "{d}/c.pt", "--samples", "0", "--out", "{t}/a"], ["--samples 0"]),
+    Case("attention-unknown-layer", ["attention", "--checkpoint", "{d}/c.pt", "--layer", "layer9", "--samples", "2", "--out", "{t}/a"], ["'layer9'"]),
+    Case("attention-out-is-a-file", ["attention", "--checkpoint", "{d}/c.pt", "--out", "{d}/file"], ["{d}/file"]),
+    Case("train-unseen-attacks-on-real-data", ["train", "--protocol", "PR2CW", "--method", "erm", "--data", "{d}/empty", "--out", "{t}/r"],
+         ["PR2CW", "{d}/empty", "attack labels"]),
     # ---- study
     Case("study-unknown-method", ["study", "--methods", "erm,adam", "--out", "{t}/st"], ["adam"]),
     Case("study-unknown-protocol", ["study", "--protocol", "XYZ", "--out", "{t}/st"], ["'XYZ'"]),

@@ -48,10 +48,10 @@ def read_yaml(path) -> dict:
 
 def run_config(args) -> dict:
     """The preset, then the --config file, then the single-value flags."""
-    from training.data.protocols import parse_protocol
+    from training.data.protocols import check_protocol_data
     from training.presets import make_config
 
-    parse_protocol(args.protocol)
+    check_protocol_data(args.protocol, args.data)
     overrides = read_yaml(args.config) if args.config else {}
     flags = {}
     for value, section, key in ((args.data, "data", "root"), (args.image_size, "data", "image_size"),

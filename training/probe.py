@@ -5,7 +5,7 @@ from torch import nn
 
 from training.algorithms.base import bce
 from training.data import normalize
-from training.data.protocols import load_protocol_domain, parse_protocol
+from training.data.protocols import UNSEEN_ATTACKS, load_protocol_domain, parse_protocol
 from training.errors import FaslandError
 from training.metrics import fas_metrics
 
@@ -87,5 +87,6 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
         kinds[name] = None if names is None else [names[i] for i in idx.tolist()]
     probe = Probe(domains, sources, target, batch_size=batch_size,
                   logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device)
-    probe.kinds = kinds     # attack kind per image ('live' for live ones), None on real data
+    # unseen-attack protocols: each image's attack kind ('live' for live ones), for the AUC per held-out kind
+    probe.kinds = kinds if config["protocol"] in UNSEEN_ATTACKS else {}
     return probe

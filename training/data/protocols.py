@@ -10,8 +10,6 @@ kinds, so the target's AUC is live against attacks never seen (reported per held
     P2R    I, M (print)             ->  O (replay)         2-D paper vs. screens
 """
 
-import torch
-
 from training.errors import FaslandError
 
 PROTOCOLS = {
@@ -48,6 +46,14 @@ def attack_kinds(protocol: str, domain: str) -> tuple[str, ...] | None:
     return train if domain in sources else test
 
 
+def check_protocol_data(protocol: str, root) -> None:
+    """An unseen-attack protocol needs attack labels per image, which only SynthFAS has."""
+    parse_protocol(protocol)
+    if protocol in UNSEEN_ATTACKS and str(root or "synth") != "synth":
+        raise FaslandError(f"protocol {protocol} holds attack kinds out of training, but the real data in '{root}' has no "
+                           f"attack labels; use --data synth, or a leave-one-domain-out protocol such as ICM2O")
+
+
 def load_protocol_domain(protocol: str, root: str, domain: str, split: str, image_size: int = 64, seed: int = 0,
                          cache_dir: str | None = None):
     """One domain's split as `protocol` sees it: (DomainData, Annotations) with SynthFAS's attack kind and
@@ -55,13 +61,13 @@ def load_protocol_domain(protocol: str, root: str, domain: str, split: str, imag
     protocol only live images and spoofs of the domain's kinds are kept, in both."""
     from training.data import load_domain
 
+    check_protocol_data(protocol, root)
     keep = attack_kinds(protocol, domain)
     data = load_domain(root, domain, split, image_size=image_size, seed=seed, cache_dir=cache_dir)
     if str(root) != "synth":
-        if keep is not None:
-            raise FaslandError(f"protocol {protocol} holds attack kinds out of training, but the real data in '{root}' "
-                               f"has no attack labels; use --data synth, or a leave-one-domain-out protocol such as ICM2O")
         return data, None
+    import torch
+
     from training.data import synth
 
     notes = synth.load_annotations(domain, split, image_size, None, seed, cache=cache_dir)

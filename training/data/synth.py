@@ -32,20 +32,19 @@ DEPTH_SIZE = 32
 CHUNK = 96           # images rendered at once (fixed: noise is drawn per chunk)
 DEFAULT_SAMPLES = {"train": 600, "test": 300}
 KINDS = ("print", "replay", "cut", "warped")
-REGIONS = ("face", "edge", "hand", "background")   # the masks each image is annotated with
+REGIONS = ("face", "edge", "hand", "background", "other")   # what each pixel of an image shows
 EDGE_BAND = 2.0      # image pixels inside a medium's outline that count as its edge
 
 
 class Annotations(NamedTuple):
-    """What SynthFAS knows of each image beyond its label: kinds int64 [N] (an index into KINDS,
-    -1 for live) and masks uint8 [N, len(REGIONS), H, W], each pixel's share (x255) of the face
-    (live: the face; spoof: the face on the medium), the medium's edge (margin or bezel and a
-    band of EDGE_BAND pixels inside its outline), the holding hand, and the background (the room
-    around the person or the medium). The rest of a pixel is "other" (hair, neck, body; the
-    medium's non-face content)."""
+    """What SynthFAS knows of each image beyond its label: kinds int64 [N] (an index into KINDS, -1 for
+    live) and regions uint8 [N, H, W], each pixel's index into REGIONS: the face (live: the face; spoof:
+    the face on the medium), the medium's edge (margin or bezel and a band of EDGE_BAND pixels inside its
+    outline), the holding hand, the background (the room around the person or the medium), and other
+    (hair, neck, body; the medium's non-face content). A pixel is the region covering most of it."""
 
     kinds: torch.Tensor
-    masks: torch.Tensor
+    regions: torch.Tensor
 
     def kind_names(self) -> list[str]:
         """Each image's attack kind by name, 'live' for live images."""
@@ -467,8 +466,8 @@ def _halftone(img, xq, yq, freq, cue, w):
 
 def _spoof(p, q, size):
     """Spoofs: the photo scene `p` reproduced on the attack medium of `q`, placed in the room.
-    Returns (image, regions) with the regions of `_regions`: the printed face, the medium's edge
-    (margin or bezel and a band inside its outline), the holding hand and the room around."""
+    Returns (image, soft masks of the REGIONS but "other"): the printed face, the medium's edge (margin
+    or bezel and a band inside its outline), the holding hand and the room around."""
     n = q["kind"].shape[0]
     u, v = _grid(size)
     px = 2.0 / size
@@ -594,7 +593,7 @@ def generate(domain: str, split: str, image_size: int = 64, samples: int | None 
 
 
 def _generate(domain, split, image_size, samples, seed):
-    """`generate`, plus each image's `Annotations` (attack kind and region masks)."""
+    """`generate`, plus each image's `Annotations` (attack kind and region map)."""
     spec = DOMAINS[domain]
     n = DEFAULT_SAMPLES[split] if samples is None else samples
     key = (VERSION, seed, domain, split, image_size, n)
@@ -621,27 +620,29 @@ def _generate(domain, split, image_size, samples, seed):
     cam = _cameras(g, n, spec)
 
     big = image_size * SUPERSAMPLE
-    images, depth, masks = [], [], []
+    images, depth, region_maps = [], [], []
     for start in range(0, n, CHUNK):
         sl = slice(start, min(n, start + CHUNK))
         live = label[sl] > 0
         pc = {k: t[sl] for k, t in p.items()}
         on, off = live.nonzero().flatten() + start, (~live).nonzero().flatten() + start
         scene = torch.empty(len(live), 3, big, big)
-        regions = torch.zeros(len(live), len(REGIONS), big, big)
+        regions = torch.zeros(len(live), len(REGIONS) - 1, big, big)    # soft shares; "other" is the rest
         scene[on - start], live_masks = _render({k: t[on] for k, t in p.items()}, big)
         regions[on - start, 0:1] = live_masks["face"]
         regions[on - start, 3:4] = 1 - live_masks["person"]
         scene[off - start], spoof_masks = _spoof({k: t[off] for k, t in photo.items()}, {k: t[off] for k, t in attack.items()}, big)
-        regions[off - start] = torch.cat([spoof_masks[r] for r in REGIONS], 1)
+        regions[off - start] = torch.cat([spoof_masks[r] for r in REGIONS[:-1]], 1)
         images.append(_capture(scene, {k: t[sl] for k, t in cam.items()}, image_size, _generator(*key, "noise", start)))
-        masks.append((F.avg_pool2d(regions, SUPERSAMPLE).clamp(0, 1) * 255).round().to(torch.uint8))
+        shares = F.avg_pool2d(regions, SUPERSAMPLE).clamp(0, 1)
+        shares = torch.cat([shares, (1 - shares.sum(1, keepdim=True)).clamp(min=0)], 1)
+        region_maps.append(shares.argmax(1).to(torch.uint8))
         u, v = _grid(DEPTH_SIZE)
         x, y = _face_coords(u, v, pc)
         z = (_relief(x, y, pc) / 0.9).clamp(0, 1) * live.view(-1, 1, 1, 1)
         depth.append((z[:, 0] * 255).round().to(torch.uint8))
     kinds = torch.where(label > 0, -1, attack["kind"].long())
-    return DomainData(torch.cat(images), label, torch.cat(depth), ids[client]), Annotations(kinds, torch.cat(masks))
+    return DomainData(torch.cat(images), label, torch.cat(depth), ids[client]), Annotations(kinds, torch.cat(region_maps))
 
 
 # ----------------------------------------------------------------------------- cache
