@@ -1,8 +1,13 @@
 """The probe: each domain's evaluation tensors, loaded once onto the device, and every metric of a
-model in one pass over them. Surfaces, Hessians and conflict matrices all start from it."""
+model in one pass over them. Surfaces, Hessians and conflict matrices all start from it, and every
+eval-mode loop over its batches (the logits here, a Hessian's loss, a domain's gradient) runs under
+`eval_mode` and averages batches with `batch_weights`."""
+import contextlib
+
 import torch
 from torch import nn
 
+from training.algorithms import hparams
 from training.algorithms.base import bce
 from training.data import normalize
 from training.data.protocols import UNSEEN_ATTACKS, load_protocol_domain, parse_protocol
@@ -10,18 +15,40 @@ from training.errors import FaslandError
 from training.metrics import fas_metrics
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run in eval mode (BatchNorm on its running statistics), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_weights(batches, world=None) -> list[float]:
+    """w_b = n_b / Σ n over all ranks' batches: Σ_b w_b L_b is the union's mean loss."""
+    n_local = sum(len(y) for _, y in batches)
+    n = world.sum_scalar(n_local) if world is not None else n_local
+    if n == 0:
+        raise FaslandError("the batches hold no samples; pass a probe with at least one image per domain")
+    return [len(y) / n for _, y in batches]
+
+
 class Probe:
     """domains: {name: (x, y)} with x already normalized; sources are averaged into `train_*`,
-    the target gives `test_*` plus its HTER and AUC."""
+    the target gives `test_*` plus its HTER and AUC. clients: {name: client id per sample} (CPU), the unit
+    of the bootstrap intervals; {} when unknown."""
 
     def __init__(self, domains: dict, sources, target=None, batch_size: int = 256, logit_scale: float = 1.0,
-                 device="cpu", channels_last: bool = True):
+                 device="cpu", channels_last: bool = True, clients: dict | None = None):
         if batch_size <= 0:
             raise FaslandError(f"batch size {batch_size} must be positive; pass --batch-size 128 or similar")
         self.device = torch.device(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.domains = {d: (x.to(self.device).contiguous(memory_format=fmt), y.to(self.device).float()) for d, (x, y) in domains.items()}
         self.sources, self.target = tuple(sources), target
+        self.clients = {d: c.cpu() for d, c in (clients or {}).items()}
         self.batch_size, self.logit_scale, self.channels_last = batch_size, logit_scale, channels_last
 
     def loss_fn(self, logits, y):
@@ -40,13 +67,9 @@ class Probe:
         """One eval-mode pass: {domain: logits}."""
         if self.channels_last:   # outside inference mode: the parameters must stay usable by autograd
             model.to(memory_format=torch.channels_last)
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            out = {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
-                   for d, (x, _) in self.domains.items()}
-        model.train(was_training)
-        return out
+        with eval_mode(model), torch.inference_mode():
+            return {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
+                    for d, (x, _) in self.domains.items()}
 
     def metrics(self, logits: dict[str, torch.Tensor]) -> dict[str, float]:
         """loss_<D>, acc_<D> per domain; train_* = mean over sources; test_* and test_hter/test_auc on the target."""
@@ -76,17 +99,17 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     sources, target = parse_protocol(config["protocol"])
     d = config["data"]
     root = data or d["root"]
-    domains, kinds = {}, {}
+    domains, clients, kinds = {}, {}, {}
     for name, split in [(s, source_split) for s in sources] + [(target, "test")]:
         dom, notes = load_protocol_domain(config["protocol"], root, name, split, d["image_size"], d.get("seed", 0))
         idx = torch.arange(len(dom.labels))
         if max_samples is not None and len(idx) > max_samples:
             idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
-        domains[name] = (normalize(dom.images[idx]), dom.labels[idx])
+        domains[name], clients[name] = (normalize(dom.images[idx]), dom.labels[idx]), dom.clients[idx]
         names = None if notes is None else notes.kind_names()
         kinds[name] = None if names is None else [names[i] for i in idx.tolist()]
     probe = Probe(domains, sources, target, batch_size=batch_size,
-                  logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device)
+                  logit_scale=hparams("erm", config)["logit_scale"], device=device, clients=clients)
     # unseen-attack protocols: each image's attack kind ('live' for live ones), for the AUC per held-out kind
     probe.kinds = kinds if config["protocol"] in UNSEEN_ATTACKS else {}
     return probe

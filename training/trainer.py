@@ -3,7 +3,6 @@ clients of the sources and on the target, the trajectory saved, every epoch resu
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -11,12 +10,12 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from training.algorithms import make_algorithm
-from training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from training.algorithms import algorithm_class, make_algorithm
+from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 from training.data import normalize
 from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
-from training.metrics import auc_by_kind, fas_metrics
+from training.metrics import auc_by_kind, client_intervals, fas_metrics
 from training.model import build_model, load_pretrained
 from training.probe import load_probe
 
@@ -32,7 +31,7 @@ class SourceBatches:
         self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
-        self.with_depth = config["method"] == "rfm"
+        self.with_depth = algorithm_class(config["method"]).needs_depth
 
     def sample(self, g: torch.Generator) -> list[tuple]:
         """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""
@@ -79,18 +78,23 @@ def augment(x: torch.Tensor, kind: str, g: torch.Generator, depth: torch.Tensor 
     return x.masked_fill(hole[:, None], 0), depth
 
 
-def evaluate(model, probe) -> dict:
-    """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients."""
+def evaluate(model, probe, intervals: bool = False) -> dict:
+    """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients; with `intervals`
+    also their 95% client-level bootstrap intervals (`client_intervals`) under "interval"."""
     logits = probe.logits(model)
+    out = {}
+    for part, names, keys in (("target", (probe.target,), ("hter", "auc", "tpr_at_fpr5", "acc")),
+                              ("sources", probe.sources, ("hter", "auc"))):
+        scores = torch.cat([logits[d] for d in names]).cpu().numpy()
+        labels = torch.cat([probe.domains[d][1] for d in names]).cpu().numpy()
+        m = fas_metrics(scores, labels)
+        out[part] = {k: m[k] for k in keys}
+        if intervals and all(d in probe.clients for d in names):
+            out[part]["interval"] = client_intervals(scores, labels, torch.cat([probe.clients[d] for d in names]).numpy())
     t = probe.target
-    target = fas_metrics(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy())
-    if getattr(probe, "kinds", {}).get(t):
-        target["auc_by_kind"] = auc_by_kind(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy(), probe.kinds[t])
-    s_scores = torch.cat([logits[s] for s in probe.sources]).cpu().numpy()
-    s_labels = torch.cat([probe.domains[s][1] for s in probe.sources]).cpu().numpy()
-    sources = fas_metrics(s_scores, s_labels)
-    return {"target": {k: target[k] for k in ("hter", "auc", "tpr_at_fpr5", "acc", "auc_by_kind") if k in target},
-            "sources": {k: sources[k] for k in ("hter", "auc")}}
+    if getattr(probe, "kinds", {}).get(t):     # unseen-attack protocols: live against each held-out kind
+        out["target"]["auc_by_kind"] = auc_by_kind(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy(), probe.kinds[t])
+    return out
 
 
 def summarize(evaluations: list[dict], last: int) -> dict:
@@ -136,12 +140,7 @@ def prepare_run_dir(out: Path, config: dict) -> None:
             changed = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
             raise FaslandError(f"'{out}' holds a run with another configuration (differs in {', '.join(changed)}); pass a new --out or the same settings")
         return
-    tmp = path.with_suffix(".yaml.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
 
 
 def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
@@ -215,7 +214,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
             if not all(math.isfinite(v) for v in logs.values()):
                 raise FaslandError(f"training diverged at epoch {epoch + 1} (loss {logs['loss']}); lower hparams.lr or rho and rerun with a new --out")
             if should_evaluate(epoch + 1, t):
-                evaluations.append({"epoch": epoch + 1, **evaluate(model, probe)})
+                evaluations.append({"epoch": epoch + 1, **evaluate(model, probe, intervals=epoch + 1 == t["epochs"])})
                 e = evaluations[-1]
                 log.info(f"epoch {epoch + 1}: target HTER {e['target']['hter']:.4f} AUC {e['target']['auc']:.4f}; sources HTER {e['sources']['hter']:.4f}")
                 bar.write(f"epoch {epoch + 1}: target HTER {100 * e['target']['hter']:.2f}% AUC {100 * e['target']['auc']:.2f}% | sources HTER {100 * e['sources']['hter']:.2f}%")

@@ -14,7 +14,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -686,6 +685,7 @@ def _cached(domain, split, image_size, samples, seed, cache, suffix):
             return kind(**torch.load(path, weights_only=True))
         except Exception:
             pass    # a truncated or foreign file: regenerate over it
+<<<<<<< HEAD
     data, notes = _generate(domain, split, image_size, samples, seed)
     for part, p in ((data, base.with_name(base.name + ".pt")), (notes, base.with_name(base.name + ".annotations.pt"))):
         _write(p, part._asdict())
@@ -705,6 +705,17 @@ def _write(path: Path, tensors: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+=======
+    from training.checkpoint import atomic_save
+    from training.errors import FaslandError
+
+    data = generate(domain, split, image_size, samples, seed)
+    try:
+        atomic_save(data._asdict(), path)
+    except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
+        print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
+    return data
+>>>>>>> main
 
 
 def write_synth(out_dir, image_size: int = 64, samples: int | None = None, seed: int = 0) -> list[Path]:
