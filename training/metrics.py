@@ -32,19 +32,6 @@ def fas_metrics(scores, labels) -> dict:
     }
 
 
-<<<<<<< HEAD
-def auc_by_kind(scores, labels, kinds) -> dict:
-    """{kind: AUC of live against that kind's spoofs alone} for every attack kind among `kinds`
-    (one name per sample, 'live' for live ones)."""
-    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
-    kinds = np.asarray(kinds)
-    out = {}
-    for kind in sorted(set(kinds[labels == 0].tolist())):
-        keep = (labels == 1) | (kinds == kind)
-        if (labels[keep] == 1).any() and np.isfinite(scores[keep]).all():
-            out[kind] = float(roc_auc_score(labels[keep].astype(np.int64), scores[keep]))
-    return out
-=======
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
     """The central `level` interval of a sample: its (1 − level)/2 and (1 + level)/2 percentiles (NaNs dropped)."""
     v = np.asarray(values, dtype=np.float64).ravel()
@@ -82,4 +69,16 @@ def client_intervals(scores, labels, clients, n_boot: int = 1000, seed: int = 0,
     reps = [fas_metrics(scores[i], labels[i]) for i in client_resamples(labels, clients, n_boot, seed)]
     return {"level": level, "n_boot": n_boot, "clients": int(len(np.unique(clients))),
             **{k: list(percentile_interval([r[k] for r in reps], level)) for k in ("hter", "auc")}}
->>>>>>> main
+
+
+def auc_by_kind(scores, labels, kinds) -> dict:
+    """{kind: AUC of live against that kind's spoofs alone} for every attack kind among `kinds`
+    (one name per sample, 'live' for live ones)."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    kinds = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds[labels == 0].tolist())):
+        keep = (labels == 1) | (kinds == kind)
+        if (labels[keep] == 1).any() and np.isfinite(scores[keep]).all():
+            out[kind] = float(roc_auc_score(labels[keep].astype(np.int64), scores[keep]))
+    return out

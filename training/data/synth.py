@@ -685,37 +685,16 @@ def _cached(domain, split, image_size, samples, seed, cache, suffix):
             return kind(**torch.load(path, weights_only=True))
         except Exception:
             pass    # a truncated or foreign file: regenerate over it
-<<<<<<< HEAD
-    data, notes = _generate(domain, split, image_size, samples, seed)
-    for part, p in ((data, base.with_name(base.name + ".pt")), (notes, base.with_name(base.name + ".annotations.pt"))):
-        _write(p, part._asdict())
-    return notes if suffix else data
-
-
-def _write(path: Path, tensors: dict) -> None:
-    """torch.save to a temporary file, renamed over `path`; a disk that refuses is reported, not fatal."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:   # a full or read-only disk: the cache is only a speed-up
-        print(f"fasland: could not cache SynthFAS in '{path.parent}' ({e}); continuing without the cache", file=sys.stderr)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-=======
     from training.checkpoint import atomic_save
     from training.errors import FaslandError
 
-    data = generate(domain, split, image_size, samples, seed)
-    try:
-        atomic_save(data._asdict(), path)
-    except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
-        print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
-    return data
->>>>>>> main
+    data, notes = _generate(domain, split, image_size, samples, seed)
+    for part, p in ((data, base.with_name(base.name + ".pt")), (notes, base.with_name(base.name + ".annotations.pt"))):
+        try:
+            atomic_save(part._asdict(), p)
+        except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
+            print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
+    return notes if suffix else data
 
 
 def write_synth(out_dir, image_size: int = 64, samples: int | None = None, seed: int = 0) -> list[Path]:
