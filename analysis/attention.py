@@ -68,14 +68,15 @@ def cam_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> tup
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", layer: str | None = None,
-                   steps: int = 32, batch_size: int = 16) -> tuple[torch.Tensor, str | None]:
-    """Maps [N, H, W] ≥ 0 of the live score model(x) (one logit per image) for normalized images x
-    [N, C, H, W], in eval mode; returns (maps, the CAM layer's name or None)."""
+                   steps: int = 32, batch_size: int = 16, score=None) -> tuple[torch.Tensor, str | None]:
+    """Maps [N, H, W] ≥ 0 of the live score s(x) = score(model(x)) (default: the model's one logit) for
+    normalized images x [N, C, H, W], in eval mode; returns (maps, the CAM layer's name or None)."""
     import torch
     from captum.attr import IntegratedGradients, LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
 
     if method not in METHODS:
         raise FaslandError(f"unknown attention method '{method}'; use one of {', '.join(METHODS)}")
+    forward = model if score is None else (lambda inputs: score(model(inputs)))
     was_training = model.training
     model.eval()
     try:
@@ -86,15 +87,15 @@ def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", l
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
             if method == "integrated-gradients":
-                attr = IntegratedGradients(model).attribute(xb, baselines=torch.zeros_like(xb), n_steps=steps,
+                attr = IntegratedGradients(forward).attribute(xb, baselines=torch.zeros_like(xb), n_steps=steps,
                                                             internal_batch_size=batch_size)
                 out.append(attr.abs().sum(1).detach())
                 continue
             if method == "gradcam":
-                cam = LayerGradCam(model, module).attribute(xb, relu_attributions=True)
+                cam = LayerGradCam(forward, module).attribute(xb, relu_attributions=True)
             else:
-                grads = LayerGradientXActivation(model, module, multiply_by_inputs=False).attribute(xb)
-                acts = LayerActivation(model, module).attribute(xb)
+                grads = LayerGradientXActivation(forward, module, multiply_by_inputs=False).attribute(xb)
+                acts = LayerActivation(forward, module).attribute(xb)
                 cam = gradcam_plus_plus(acts, grads)
             if cam.dim() != 4:
                 raise FaslandError(f"layer '{name}' gives {tuple(cam.shape)[1:]} per image, not a spatial map; "
@@ -276,19 +277,22 @@ def probe_images(config: dict, domain: str, samples: int, data: str | None = Non
     (DomainData, kinds, region maps [N,H,W], the regions known)."""
     import torch
 
-    from training.data.protocols import load_protocol_domain
+    from training.data.protocols import check_protocol_data, load_protocol_domain
     from training.data.synth import REGIONS
 
     d = config["data"]
     root = data or d["root"]
+    if str(root) != "synth":      # real crops, one frame per video: the centre ellipse as the face, nothing else known
+        from training.data import folders
+
+        check_protocol_data(config["protocol"], root)
+        dom = folders.load_frames(root, domain, "test", d["image_size"], 1, samples, seed=d.get("seed", 0))
+        regions = face_ellipse(dom.images.shape[-1]).expand(len(dom.labels), -1, -1).clone()
+        return dom, ["live" if y == 1 else "spoof" for y in dom.labels.tolist()], regions, ("face", "other")
     dom, notes = load_protocol_domain(config["protocol"], root, domain, "test", d["image_size"], d.get("seed", 0))
     idx = torch.linspace(0, len(dom.labels) - 1, min(samples, len(dom.labels))).round().long()
-    dom = type(dom)(*(t[idx] for t in dom))
-    if notes is None:       # real crops: the centre ellipse as the face, nothing else known
-        regions = face_ellipse(dom.images.shape[-1]).expand(len(idx), -1, -1).clone()
-        return dom, ["live" if y == 1 else "spoof" for y in dom.labels.tolist()], regions, ("face", "other")
     names = notes.kind_names()
-    return dom, [names[i] for i in idx.tolist()], notes.regions[idx], REGIONS
+    return type(dom)(*(t[idx] for t in dom)), [names[i] for i in idx.tolist()], notes.regions[idx], REGIONS
 
 
 def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None = None, samples: int = 16,
@@ -298,6 +302,7 @@ def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None =
     from training.checkpoint import load_model
     from training.data import normalize
     from training.data.protocols import parse_protocol
+    from training.probe import Loss
 
     if method not in METHODS:
         raise FaslandError(f"unknown attention method '{method}'; use one of {', '.join(METHODS)}")
@@ -309,11 +314,12 @@ def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None =
     if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
         raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
     sources, target = parse_protocol(config["protocol"])
+    live_score = Loss.from_config(config).score      # the logit, or z_live − z_spoof of a two-class head
     result = AttentionResult(method, None, config["protocol"], target, str(checkpoint))
     for d in (*sources, target):
         dom, kinds, regions, known = probe_images(config, d, samples, data)
-        x = normalize(dom.images).to(device)
-        maps, result.layer = attention_maps(model, x, method, layer, steps)
+        x = normalize(dom.images, config["data"].get("normalize", "imagenet")).to(device)
+        maps, result.layer = attention_maps(model, x, method, layer, steps, score=live_score)
         maps = maps.cpu()
         result.domains[d] = DomainAttention(dom.images, dom.labels, kinds, regions, maps, region_fractions(maps, regions, known))
     if out is not None:
