@@ -24,7 +24,7 @@ def test_sources_hold_no_held_out_kind_and_the_target_only_those(protocol):
     config = make_config(protocol, "erm", "demo", TINY)
     batches = SourceBatches(config, "cpu")
     dropped = 0
-    for name, dom in zip(sources, batches.domains):
+    for name, dom in zip(sources, (draw.dom for draw in batches.draws)):
         full = load_domain("synth", name, "train", SIZE)
         kinds = synth.load_annotations(name, "train", SIZE).kind_names()
         keep = [i for i, k in enumerate(kinds) if k == "live" or k in train_kinds]
