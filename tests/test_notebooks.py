@@ -79,7 +79,7 @@ def test_study_tour(tmp_path, scratch, jupyter_path, monkeypatch):
     import torch
     import torch.nn.functional as F
 
-    from landscape.cli import data_fingerprint
+    from landscape.commands import data_fingerprint
     from training.checkpoint import load_model
     from training.probe import load_probe
 
