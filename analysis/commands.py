@@ -262,10 +262,12 @@ def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
 def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None = None, eta: float | None = None,
               alpha: float | None = None, adaptive: bool | None = None, official_accumulation: bool | None = None,
               trajectory=None, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-              threads: int | None = None) -> dict:
+              threads: int | None = None, interval_subsets: int = 4) -> dict:
     """Per-domain gradient cosines of a checkpoint at θ (at="theta"), also at SAM's and each domain's GAC-FAS
     ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt.
     ρ, η, α, adaptive, official_accumulation default to the checkpoint's hparams, else GAC-FAS's.
+    The checkpoint's cosines at θ get 95% intervals (theta.interval, analysis.intervals.conflict_interval) from
+    `interval_subsets` client subsets per domain (0: none; capped at the clients of the smallest domain; one rank only).
 
     The checkpoint's record first (its domain gradients spread over ranks), then each trajectory checkpoint
     not yet in `out` (one per rank at a time); `out` is rewritten after each. Returns the result dict."""
@@ -288,6 +290,9 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     anchor = checkpoint or str(steps[-1])     # its config gives the probe
     w, dev, model, ckpt, probe, data_spec = setup(anchor, out, "conflicts", data, max_samples, batch_size, device, threads)
     s = conflict_settings(ckpt, at, rho, eta, alpha, adaptive, official_accumulation)
+    if interval_subsets < 0:
+        raise FaslandError(f"--interval-subsets {interval_subsets} must not be negative; pass e.g. --interval-subsets 4 (0: no interval)")
+    s["interval_subsets"] = interval_subsets
     key = {"data": data_spec, "settings": s}
     previous = read_previous(out) if out is not None and w.rank == 0 else {}
     previous = w.agree(previous if previous.get("key") == key else {})
@@ -311,6 +316,12 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
             bar = progress_bar(w, work_units(s["at"], k), "conflicts at θ" + (" and ascent points" if s["at"] != "theta" else ""), "grad")
             result.update({n: v for n, v in _conflict_record(model, probe, s, w, bar).items() if n != "domains"})
             bar.close()
+            subsets = min([interval_subsets] + [len(set(probe.clients[d].tolist())) if d in probe.clients else 0
+                                                for d in probe.sources])
+            if subsets >= 2 and w.size == 1:
+                from analysis.intervals import conflict_interval
+
+                result["theta"]["interval"] = conflict_interval(model, probe, subsets)
         save()
     if steps:
         done = {e.get("sha256"): e for e in previous.get("trajectory", []) if isinstance(e, dict)}

@@ -362,10 +362,9 @@ def hessian_numbers(h: dict) -> dict:
     trace = trace.get("mean") if isinstance(trace, dict) else trace
     per = h.get("per_domain") or {}
     lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    spread = h.get("sampling") or {}     # `--sample-batches B`: the spread over B disjoint probe subsets
-    eig_spread, trace_spread = (spread.get("eigenvalues") or [{}])[0], spread.get("trace") or {}
+    spread = h.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
     return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
-            "ci_hessian": {"lambda_max": eig_spread.get("interval95"), "trace": trace_spread.get("interval95")}}
+            "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
 def conflict_numbers(c: dict) -> dict:
