@@ -34,7 +34,7 @@ from training.errors import FaslandError
 FORMAT = "fasland-surface-1"
 LAYOUT = "reference"   # on disk: flat k = iy*nx + ix
 IDENTITY = {"checkpoint_sha256": "checkpoint", "directions": "set of directions", "data": "data spec",
-            "data_sha256": "data content"}
+            "data_sha256": "data content", "evaluation": "evaluation (precision, BatchNorm statistics, curvature)"}
 # Datasets that describe the grid or the training path rather than a value at each grid point.
 NOT_ON_GRID = {"xcoordinates", "ycoordinates", "dir_file", "explained_variance_ratio_", "explained_variance_",
                "singular_values_"}

@@ -143,7 +143,7 @@ def test_autocast_stays_close_to_float32():
     net, probe = tiny_net(), tiny_probe()
     dirs = Directions(random_direction(net))
     plain = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast=False)
-    amp = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast=True)
+    amp = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast="bf16")
     np.testing.assert_allclose(amp.arrays["train_loss"], plain.arrays["train_loss"], rtol=0.05)
 
 
@@ -206,7 +206,7 @@ def fasnet_checkpoint(path, seed, epoch=0):
 
 
 def fasland(*argv) -> int:
-    from analysis.cli import main
+    from fasland.cli import main
     return main(["surface", *map(str, argv)])
 
 
