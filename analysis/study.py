@@ -363,10 +363,9 @@ def hessian_numbers(h) -> dict:
     h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
     eig = h.eigenvalues or []
     lam = {d: v["lambda_max"] for d, v in h.per_domain.items()}
-    spread = h.extra.get("sampling") or {}     # `--sample-batches B`: the spread over B disjoint probe subsets
-    eig_spread, trace_spread = (spread.get("eigenvalues") or [{}])[0], spread.get("trace") or {}
+    spread = h.extra.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
     return {"lambda_max": eig[0] if eig else None, "trace": h.trace["mean"] if h.trace else None, "lambda_domain": lam,
-            "ci_hessian": {"lambda_max": eig_spread.get("interval95"), "trace": trace_spread.get("interval95")}}
+            "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
 def conflict_numbers(c) -> dict:
@@ -382,8 +381,10 @@ def conflict_numbers(c) -> dict:
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:
     """Length of the interval around a = 0 where train_loss(a) ≤ train_loss(0) + delta, crossings found by
     linear interpolation; the flag is True when the interval reaches the grid's end (a lower bound)."""
-    with h5py.File(path, "r") as f:
-        a, loss = np.asarray(f["xcoordinates"]), np.asarray(f["train_loss"])
+    from landscape.exports.surface_file import read_surface
+
+    s = read_surface(path)
+    a, loss = s.x, s.arrays["train_loss"]
     i0 = int(np.argmin(np.abs(a)))
     level = loss[i0] + delta
     ok = np.isfinite(loss) & (loss <= level)

@@ -18,6 +18,7 @@ COMMANDS = [
     ("hessian", "analysis.cli"),
     ("conflicts", "analysis.cli"),
     ("study", "analysis.cli"),
+    ("attention", "analysis.attention"),
 ]
 # modules that register views of their result files for `fasland export html` (landscape.exports.views)
 VIEWS = ["analysis.views"]
