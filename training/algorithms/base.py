@@ -229,8 +229,8 @@ class Algorithm:
 def moved_to(model: nn.Module, params: list, eps: list):
     """The block runs at θ + ε. θ + ε is written into ε's tensors (ε is consumed; one pass, no copy of θ)
     and swapped in as the parameters' data, so θ is never written and is swapped back exactly; the model's
-    buffers (BatchNorm running statistics) are restored from copies. A tensor of ε laid out unlike its
-    parameter gets a new one in the parameter's layout."""
+    buffers (BatchNorm running statistics) are restored from copies. If a tensor of ε is laid out unlike its
+    parameter (a view of a flat vector against channels_last weights), θ + ε goes into new tensors laid out as θ."""
     theta = [p.data for p in params]
     buffers = [b.clone() for b in model.buffers()]
     with torch.no_grad():
