@@ -51,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--official-accumulation", action="store_true", default=None,
                    help="GAC-FAS ascent points by the released code's accumulation (default: the checkpoint's setting)")
     p.add_argument("--trajectory", default=None, metavar="RUN_DIR", help="also every RUN_DIR/checkpoints/epoch_*.pt")
+    p.add_argument("--interval-subsets", type=int, default=4, metavar="B",
+                   help="95%% intervals of the cosines at θ from a bootstrap over B client subsets per domain (0: none)")
     _probe_flags(p)
     p.add_argument("--out", required=True, help="result file FILE.json")
     p.set_defaults(run=run_conflicts)
@@ -84,7 +86,7 @@ def _probe_flags(p) -> None:
 
 def _probe_args(args) -> dict:
     return {"data": args.data, "max_samples": args.max_samples, "batch_size": args.batch_size, "device": args.device,
-            "threads": args.threads}
+            "threads": args.threads, "frames_per_video": args.frames_per_video}
 
 
 def run_hessian(args) -> int:
@@ -111,7 +113,7 @@ def run_conflicts(args) -> int:
 
     r = conflicts(args.checkpoint, args.out, at=args.at, rho=args.rho, eta=args.eta, alpha=args.alpha,
                   adaptive=args.adaptive, official_accumulation=args.official_accumulation, trajectory=args.trajectory,
-                  **_probe_args(args))
+                  interval_subsets=args.interval_subsets, **_probe_args(args))
     if _is_root():
         print(conflicts_summary(r, args.out))
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from analysis.results import ConflictResult, HessianResult
 from analysis.sizes import LABELS, LEAVE_ONE_OUT, SETTINGS
 from training.errors import FaslandError
 
@@ -201,6 +202,7 @@ class Study:
 
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
+        import analysis.views  # noqa: F401  (registers the Hessian and conflicts views of the HTML pages)
         from landscape.exports.commands import export_html, export_png, export_vtk
 
         self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
@@ -250,8 +252,8 @@ class Study:
         for m in self.methods:
             d = self.run_dir(m)
             final = json.loads((d / "metrics.json").read_text())["final"]
-            hess = json.loads((d / "hessian.json").read_text())
-            conf = json.loads((d / "conflicts.json").read_text())
+            hess = HessianResult.read(d / "hessian.json")
+            conf = ConflictResult.read(d / "conflicts.json")
             tci, sci = final["target"].get("interval", {}), final["sources"].get("interval", {})
             row = {"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
                    "source_hter": final["sources"]["hter"], "source_auc": final["sources"]["auc"],
@@ -365,28 +367,25 @@ def axis_around(values: np.ndarray, n: int) -> str:
     return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
 
 
-def hessian_numbers(h: dict) -> dict:
+def hessian_numbers(h) -> dict:
     """λ_max, the trace estimate (with its standard error in `undetermined` when that exceeds it), per-domain
-    λ_max, λ_min, the spread of λ_max over probe subsets and the sharpest block from a `fasland hessian` JSON."""
+    λ_max, λ_min, the spread of λ_max over probe subsets and the sharpest block of a `fasland hessian` result
+    (a HessianResult, or its JSON as a dict)."""
     from analysis.hessian import determined
 
-    eig = h.get("eigenvalues") or []
-    trace, undetermined = h.get("trace"), {}
-    if isinstance(trace, dict):
-        if not determined(trace.get("mean", 0.0), trace.get("stderr", 0.0)):
-            undetermined["trace"] = trace.get("stderr")
-        trace = trace.get("mean")
-    per = h.get("per_domain") or {}
-    lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    spread = h.get("sampling") or {}     # `--sample-batches B`: the spread over B disjoint probe subsets
-    eig_spread, trace_spread = (spread.get("eigenvalues") or [{}])[0], spread.get("trace") or {}
-    blocks = h.get("per_block") or {}
+    h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
+    eig = h.eigenvalues or []
+    lam = {d: v["lambda_max"] for d, v in h.per_domain.items()}
+    spread = h.sampling or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
+    undetermined = {} if not h.trace or determined(h.trace["mean"], h.trace["stderr"]) else {"trace": h.trace["stderr"]}
+    top = spread.get("lambda_max")
+    blocks = h.per_block
     sharpest = max(blocks, key=lambda b: blocks[b]["lambda_max"]) if blocks else None
-    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
-            "lambda_min": (h.get("smallest") or {}).get("lambda_min"),
-            "lambda_max_spread": (eig_spread.get("mean"), eig_spread.get("std")) if eig_spread else None,
+    return {"lambda_max": eig[0] if eig else None, "trace": h.trace["mean"] if h.trace else None, "lambda_domain": lam,
+            "lambda_min": (h.smallest or {}).get("lambda_min"),
+            "lambda_max_spread": (top["mean"], top["std"]) if top else None,
             "sharpest_block": (sharpest, blocks[sharpest]["lambda_max"]) if sharpest else None, "undetermined": undetermined,
-            "ci_hessian": {"lambda_max": eig_spread.get("interval"), "trace": trace_spread.get("interval")}}
+            "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
 def pairwise_cosines(record: dict | None):
@@ -413,22 +412,25 @@ def block_text(b) -> str:
     return "–" if not b else f"{b[0]} ({num(b[1])})"
 
 
-def conflict_numbers(c: dict) -> dict:
+def conflict_numbers(c) -> dict:
     """Mean conflict at θ, at SAM's ascent point and among the GAC-FAS ascent gradients, from the `summary`
-    block of a `fasland conflicts` JSON, each with the mean and minimum pairwise cosine of its gradients."""
-    s = c.get("summary", {})
+    of a `fasland conflicts` result (a ConflictResult, or its JSON as a dict), each with the mean and minimum
+    pairwise cosine of its gradients."""
+    c = c if isinstance(c, ConflictResult) else ConflictResult.from_json(c)
+    s = c.summary
     return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
-            "conflict_ascent": s.get("conflict_gacfas"), "cos_theta": pairwise_cosines(c.get("theta")),
-            "cos_sam": pairwise_cosines(c.get("sam")),
-            "cos_ascent": pairwise_cosines((c.get("gacfas") or {}).get("generalization")),
-            "ci_conflicts": {"conflict_theta": (c.get("theta", {}).get("interval") or {}).get("conflict")}}
+            "conflict_ascent": s.get("conflict_gacfas"), "cos_theta": pairwise_cosines(c.theta),
+            "cos_sam": pairwise_cosines(c.sam), "cos_ascent": pairwise_cosines((c.gacfas or {}).get("generalization")),
+            "ci_conflicts": {"conflict_theta": ((c.theta or {}).get("interval") or {}).get("conflict")}}
 
 
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:
     """Length of the interval around a = 0 where train_loss(a) ≤ train_loss(0) + delta, crossings found by
     linear interpolation; the flag is True when the interval reaches the grid's end (a lower bound)."""
-    with h5py.File(path, "r") as f:
-        a, loss = np.asarray(f["xcoordinates"]), np.asarray(f["train_loss"])
+    from landscape.exports.surface_file import read_surface
+
+    s = read_surface(path)
+    a, loss = s.x, s.arrays["train_loss"]
     i0 = int(np.argmin(np.abs(a)))
     level = loss[i0] + delta
     ok = np.isfinite(loss) & (loss <= level)
