@@ -250,7 +250,7 @@ def quick_plot(path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from landscape.store import grid_view, read_store
+    from landscape.store import read_store
     from training.checkpoint import atomic_write
 
     s = read_store(path)
@@ -268,7 +268,7 @@ def quick_plot(path) -> Path:
         acc.set_ylabel("accuracy")
         fig.legend(loc="upper center", ncol=4, fontsize=8)
     else:
-        z = grid_view(s.arrays["train_loss"], len(s.x), len(s.y))
+        z = s.arrays["train_loss"].T                 # contour(x, y, Z) wants Z[iy, ix]
         finite = z[np.isfinite(z)]
         if finite.size:
             top = np.percentile(finite, 90) if finite.size > 4 else finite.max()
