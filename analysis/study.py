@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from analysis.results import ConflictResult, HessianResult
 from analysis.sizes import LABELS, LEAVE_ONE_OUT, SETTINGS
 from training.errors import FaslandError
 
@@ -236,6 +237,7 @@ class Study:
 
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
+        import analysis.views  # noqa: F401  (registers the Hessian and conflicts views of the HTML pages)
         from landscape.exports.commands import export_html, export_png, export_vtk
 
         self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
@@ -292,8 +294,8 @@ class Study:
         for m in self.methods:
             d = self.run_dir(m)
             final = json.loads((d / "metrics.json").read_text())["final"]
-            hess = json.loads((d / "hessian.json").read_text())
-            conf = json.loads((d / "conflicts.json").read_text())
+            hess = HessianResult.read(d / "hessian.json")
+            conf = ConflictResult.read(d / "conflicts.json")
             tci, sci = final["target"].get("interval", {}), final["sources"].get("interval", {})
             row = {"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
                    "source_hter": final["sources"]["hter"], "source_auc": final["sources"]["auc"],
@@ -400,25 +402,25 @@ def axis_around(values: np.ndarray, n: int) -> str:
     return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
 
 
-def hessian_numbers(h: dict) -> dict:
-    """λ_max, the trace estimate and per-domain λ_max from a `fasland hessian` JSON."""
-    eig = h.get("eigenvalues") or []
-    trace = h.get("trace")
-    trace = trace.get("mean") if isinstance(trace, dict) else trace
-    per = h.get("per_domain") or {}
-    lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    spread = h.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
-    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
+def hessian_numbers(h) -> dict:
+    """λ_max, the trace estimate and per-domain λ_max of a `fasland hessian` result (a HessianResult, or
+    its JSON as a dict)."""
+    h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
+    eig = h.eigenvalues or []
+    lam = {d: v["lambda_max"] for d, v in h.per_domain.items()}
+    spread = h.extra.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
+    return {"lambda_max": eig[0] if eig else None, "trace": h.trace["mean"] if h.trace else None, "lambda_domain": lam,
             "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
-def conflict_numbers(c: dict) -> dict:
+def conflict_numbers(c) -> dict:
     """Mean conflict at θ, at SAM's ascent point and among the GAC-FAS ascent gradients, from the `summary`
-    block of a `fasland conflicts` JSON."""
-    s = c.get("summary", {})
+    of a `fasland conflicts` result (a ConflictResult, or its JSON as a dict)."""
+    c = c if isinstance(c, ConflictResult) else ConflictResult.from_json(c)
+    s = c.summary
     return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
             "conflict_ascent": s.get("conflict_gacfas"),
-            "ci_conflicts": {"conflict_theta": (c.get("theta", {}).get("interval") or {}).get("conflict")}}
+            "ci_conflicts": {"conflict_theta": ((c.theta or {}).get("interval") or {}).get("conflict")}}
 
 
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:
