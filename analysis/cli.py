@@ -56,7 +56,10 @@ def register(sub) -> None:
                                    "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
                                    "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
                                    "view and writes report.md / report.html. Rerunning resumes.")
-    p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
+    p.add_argument("--protocol", default=None, help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out); "
+                   "default ICM2O, or the --checkpoints' own")
+    p.add_argument("--checkpoints", default=None, metavar="NAME=CKPT[,NAME=CKPT...]",
+                   help="analyse these models (made by fasland train or fasland import) instead of training --methods")
     p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
     p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
     p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
@@ -80,7 +83,7 @@ def _probe_flags(p) -> None:
 
 def _probe_args(args) -> dict:
     return {"data": args.data, "max_samples": args.max_samples, "batch_size": args.batch_size, "device": args.device,
-            "threads": args.threads}
+            "threads": args.threads, "frames_per_video": args.frames_per_video}
 
 
 def run_hessian(args) -> int:
@@ -119,6 +122,6 @@ def run_study(args) -> int:
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
                     data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
-                    seeds=args.seeds)
+                    seeds=args.seeds, checkpoints=args.checkpoints)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

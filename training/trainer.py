@@ -205,7 +205,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
     metrics = summarize(evaluations, t["eval_last"])
     steps_log = out / "steps.jsonl"
     keep = [l for l in steps_log.read_text().splitlines() if step_epoch(l) <= start] if steps_log.exists() and start else []
-    steps_log.write_text("".join(l + "\n" for l in keep))
+    atomic_write(steps_log, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
     if start == 0:
         save_checkpoint(out / "checkpoints" / "epoch_000.pt", model, arch, config, 0, summarize([], 0))
