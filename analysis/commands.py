@@ -112,7 +112,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
             per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, bottom_k: int = 0,
-            per_block: bool = False, sample_batches: int = 0, trace_method: str = "hutch++", data=None,
+            per_block: bool = False, sample_batches: int = 0, trace_method: str = hs.TRACE_METHOD, data=None,
             max_samples: int = 256, batch_size: int = 256, device: str = "auto", threads: int | None = None,
             frames_per_video: int = 1) -> HessianResult:
     """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues

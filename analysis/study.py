@@ -226,8 +226,7 @@ class Study:
         r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
                     trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
                     density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=1,
-                    per_block=True, sample_batches=self.s["sample_batches"],
-                    trace_method="hutch++" if self.s["trace_samples"] >= 4 else "hutchinson", **self.device)
+                    per_block=True, sample_batches=self.s["sample_batches"], **self.device)
         print(hessian_summary(r, out))
 
     def conflicts(self, m: str) -> None:

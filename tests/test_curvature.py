@@ -72,7 +72,7 @@ def test_undetermined_values_are_named():
 def test_block_sharpness_equals_the_dense_diagonal_blocks(tiny):
     model, data, dense, _ = tiny
     where = offsets(model)
-    got = hs.block_sharpness(model, bce, data, tol=1e-8, trace_samples=3 * 110, seed=1)
+    got = hs.block_sharpness(model, bce, data, tol=1e-8, trace_samples=3 * 110, trace_method="hutch++", seed=1)
     assert list(got) == ["conv", "bn", "fc1", "fc2"]      # the top-level children with parameters
     for block, r in got.items():
         idx = np.concatenate([np.arange(s.start, s.stop) for n, s in where.items() if n.split(".")[0] == block])
@@ -122,11 +122,11 @@ def test_hutchpp_is_unbiased_honest_and_below_hutchinson_at_equal_products(tiny)
     assert abs(pp[0].low_rank - np.trace(Q.T @ dense @ Q)) < 1e-8 * np.abs(dense).sum()
 
 
-def test_hutchpp_is_the_default_and_refuses_a_tiny_budget(tiny):
+def test_hutchpp_refuses_a_tiny_budget_and_hutchinson_stays_the_default(tiny):
     model, data, _, _ = tiny
-    assert hs.hessian_trace(model, bce, data, n_samples=12, tol=0.0).method == "hutch++"
+    assert hs.hessian_trace(model, bce, data, n_samples=12, tol=0.0).method == "hutchinson"   # see hs.TRACE_METHOD
     with pytest.raises(FaslandError, match="at least 4"):
-        hs.hessian_trace(model, bce, data, n_samples=3)
+        hs.hessian_trace(model, bce, data, n_samples=3, method="hutch++")
 
 
 # ---- sampling uncertainty -----------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_hessian_command_bottom_k_per_block_sampling_and_health(tmp_path, monkey
     make_run(tmp_path / "run", epochs=(1,))
     ckpt, out = tmp_path / "run" / "checkpoint.pt", tmp_path / "hessian.json"
     argv = ["hessian", "--checkpoint", str(ckpt), "--top-k", "2", "--bottom-k", "2", "--tol", "1e-3", "--max-iter", "80",
-            "--trace", "--trace-samples", "12", "--per-block", "--sample-batches", "2", "--threads", "1", "--out", str(out)]
+            "--trace", "--trace-method", "hutch++", "--trace-samples", "12", "--per-block", "--sample-batches", "2", "--threads", "1", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "λ_min" in printed and "block conv" in printed and "λ_max over 2 subsets" in printed and "hutch++" in printed
