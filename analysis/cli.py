@@ -1,8 +1,11 @@
 """`fasland hessian`, `fasland conflicts` and `fasland study`: parsers and printing only; the work is
 analysis.commands.hessian / .conflicts and analysis.study.study. Nothing heavy is imported here, so
 `fasland --help` answers at once."""
-from analysis.sizes import SETTINGS
+import argparse
+
+from analysis.sizes import LABELS, SETTINGS
 from landscape.cli import probe_flags
+from training.data.protocols import PROTOCOLS
 
 
 def register(sub) -> None:
@@ -14,18 +17,19 @@ def register(sub) -> None:
                                    "fasland hessian …` shards the probe over ranks. Rerunning reuses finished parts.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'fasland train'")
     p.add_argument("--top-k", type=int, default=1, help="how many of the largest eigenvalues")
-    p.add_argument("--method", default="lanczos", choices=["lanczos", "power"], help="lanczos (default) or power iteration with deflation (PyHessian)")
+    p.add_argument("--solver", default="lanczos", choices=["lanczos", "power"], help="the eigen-solver: Lanczos, or power iteration with deflation (PyHessian)")
+    p.add_argument("--method", dest="solver", choices=["lanczos", "power"], default=argparse.SUPPRESS, help=argparse.SUPPRESS)   # the old name of --solver
     p.add_argument("--tol", type=float, default=1e-4, help="relative accuracy of the eigenvalues")
     p.add_argument("--max-iter", type=int, default=300, help="Hessian-vector products per eigenvalue search at most")
     p.add_argument("--trace", action="store_true", help="also the trace (Hutchinson, with its standard error)")
-    p.add_argument("--trace-samples", type=int, default=50, help="Rademacher vectors for the trace")
+    p.add_argument("--trace-samples", type=int, default=100, help="Rademacher vectors for the trace at most (it stops once its standard error is 0.1%% of |trace|)")
     p.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
-    p.add_argument("--density-iter", type=int, default=50, help="Lanczos steps per density run")
+    p.add_argument("--density-iter", type=int, default=100, help="Lanczos steps per density run")
     p.add_argument("--density-runs", type=int, default=1, help="SLQ runs (random start vectors)")
     p.add_argument("--per-domain", action="store_true", help="also λ_max of each source domain and of the target")
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors")
     _probe_flags(p)
     p.add_argument("--out", required=True, help="result file FILE.json")
     p.set_defaults(run=run_hessian)
@@ -56,15 +60,15 @@ def register(sub) -> None:
                                    "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
                                    "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
                                    "view and writes report.md / report.html. Rerunning resumes.")
-    p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
-    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
+    p.add_argument("--protocol", default="ICM2O", choices=[*PROTOCOLS, "all"], help="a protocol, or all: the four leave-one-out ones")
+    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated, of: " + ", ".join(LABELS))
     p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
     p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
                    help="override the preset's analysis sizes, e.g. x2d=-1:1:5,max_samples=8,max_iter=5; keys: "
                         + ", ".join(SETTINGS["demo"]) + " (grids are MIN:MAX:N)")
     p.add_argument("--data", default=None, help="'synth' (default) or the root of the real datasets")
     p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
     p.add_argument("--seeds", default=None, metavar="S[,S...]",
                    help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
@@ -86,7 +90,7 @@ def _probe_args(args) -> dict:
 def run_hessian(args) -> int:
     from analysis.commands import hessian, hessian_summary
 
-    r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.method, tol=args.tol, max_iter=args.max_iter,
+    r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.solver, tol=args.tol, max_iter=args.max_iter,
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
                 density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed, **_probe_args(args))
     if _is_root():

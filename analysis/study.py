@@ -261,6 +261,34 @@ class Study:
             rows.append(row)
         return rows
 
+    def header(self) -> list[str]:
+        """Where the numbers come from, one line each: the data root, the preset and every override (training
+        config keys that differ from the preset's, analysis sizes that differ from the preset's), the device and
+        threads, the versions."""
+        import torch
+        import yaml
+
+        from training.device import pick_device
+        from training.presets import make_config
+        from training.provenance import versions
+
+        overrides = {}
+        for m in self.methods:
+            run = yaml.safe_load((self.run_dir(m) / "config.yaml").read_text()) or {}
+            overrides.update(differences(run, make_config(self.protocol, m, self.preset)))
+        data = yaml.safe_load((self.run_dir(self.methods[0]) / "config.yaml").read_text()).get("data", {})
+        root = data.get("root", "synth")
+        where = (f"SynthFAS (embedded, version {data.get('synth_version', '?')}, seed {data.get('seed', 0)})" if root == "synth"
+                 else f"{Path(root).resolve()}")
+        sizes = {k: v for k, v in self.s.items() if SETTINGS[self.preset].get(k) != v}
+        threads = self.options["threads"] or torch.get_num_threads()
+        return [f"data: {where}, {data.get('image_size', '?')} px",
+                f"preset: {self.preset}; training overrides: "
+                + (", ".join(f"{k} = {v}" for k, v in sorted(overrides.items())) or "none")
+                + "; analysis sizes: " + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "the preset's"),
+                f"device: {pick_device(self.options['device'])}, {threads} torch threads",
+                "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
+
     def report(self) -> Path:
         from training.checkpoint import atomic_write
 
@@ -286,12 +314,14 @@ class Study:
         pages = [n for n in ("surfaces_2d.html", "curves_1d.html", "trajectory_pca.html", "hessian.html", "conflicts.html")
                  if (self.views / n).exists()]
         seed = "" if self.seed is None else f", training seed {self.seed}"
-        md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n{table}\n" + INTERVALS_NOTE +
+        header = self.header()
+        md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n" + "".join(f"- {l}\n" for l in header)
+              + f"\n{table}\n" + INTERVALS_NOTE +
               "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the 1-D "
               f"interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
               + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
-        html = report_html(self.protocol, self.preset, table, figures, pages)
+        html = report_html(self.protocol, self.preset, table, figures, pages, header)
         atomic_write(self.out / "report.md", lambda tmp: tmp.write_text(md))
         atomic_write(self.out / "report.html", lambda tmp: tmp.write_text(html))
         print(table)
@@ -334,9 +364,11 @@ def seeds_report(studies: list[Study], out: Path) -> Path:
     table += (f"\nEach seed (95% intervals):\n\n| seed | method | {labels} |\n|---|---|" + "---|" * len(HEADLINE) + "\n"
               + "".join(f"| {seed} | {r['method']} | " + " | ".join(cell(r[k], r["ci"].get(k), kind) for k, _, kind in HEADLINE) + " |\n"
                         for seed, rows in per_seed for r in rows))
-    md = (f"# fasland study: {first.protocol} ({first.preset} preset), seeds {seeds}\n\n{table}\n" + INTERVALS_NOTE
+    header = first.header()
+    md = (f"# fasland study: {first.protocol} ({first.preset} preset), seeds {seeds}\n\n" + "".join(f"- {l}\n" for l in header)
+          + f"\n{table}\n" + INTERVALS_NOTE
           + "Each seed's surfaces, spectra, conflicts and views: " + ", ".join(f"[seed {st.seed}]({st.out.name}/report.md)" for st in studies) + "\n")
-    html = report_html(first.protocol, first.preset, table, [], [])
+    html = report_html(first.protocol, first.preset, table, [], [], header)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(md))
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
     print(table)
@@ -466,8 +498,20 @@ def width_text(w) -> str:
     return f"≥ {value:.3g}" if open_ended else f"{value:.3g}"
 
 
-def report_html(protocol: str, preset: str, table_md: str, figures, pages) -> str:
-    """The report as one HTML page (the table converted from its markdown, figures beside it)."""
+def differences(run: dict, preset: dict, prefix: str = "") -> dict:
+    """{'section.key': value} wherever the run's config differs from the preset's (keys the preset lacks too)."""
+    out = {}
+    for k, v in run.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(preset.get(k), dict):
+            out.update(differences(v, preset[k], name + "."))
+        elif k not in preset or preset[k] != v:
+            out[name] = v
+    return out
+
+
+def report_html(protocol: str, preset: str, table_md: str, figures, pages, header=()) -> str:
+    """The report as one HTML page (its header lines, the table converted from its markdown, figures beside it)."""
     import html
 
     blocks, current = [], []
@@ -489,7 +533,8 @@ def report_html(protocol: str, preset: str, table_md: str, figures, pages) -> st
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fasland study {protocol}</title><style>"
             "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}figure{margin:1em 0}</style></head>"
-            f"<body><h1>fasland study: {protocol} ({preset} preset)</h1>{tables}"
+            f"<body><h1>fasland study: {protocol} ({preset} preset)</h1>"
+            + ("<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in header) + "</ul>" if header else "") + f"{tables}"
             "<p>Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the "
             f"1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).</p>"
             f"<p>Interactive pages: {links}</p>{figs}</body></html>")

@@ -1,4 +1,4 @@
-"""The surface file (DESIGN §3): HDF5 the reference loss-landscape scripts read, and its one reader.
+"""The surface file (docs/ARCHITECTURE.md, "File formats"): HDF5 the reference loss-landscape scripts read, and its one reader.
 
 Datasets: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; every metric of the probe (train_loss,
 train_acc, test_loss, test_acc, test_hter, test_auc, loss_<D>, acc_<D>) and a `done` mask (uint8), each

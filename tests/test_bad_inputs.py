@@ -79,6 +79,7 @@ CASES = [
     Case("surface-grid-two-fields", surface(x="1:2"), ["1:2"]),
     Case("surface-grid-negative-points", surface("--y", "0:1:-2"), ["0:1:-2"]),
     Case("surface-grid-min-not-below-max", surface(x="1:1:3"), ["1:1:3"]),
+    Case("surface-grid-one-point-two-ends", surface(x="0:1:1"), ["0:1:1", "MIN = MAX"]),
     Case("surface-grid-infinite", surface(x="0:inf:3"), ["0:inf:3"]),
     Case("surface-zero-max-samples", surface("--max-samples", "0"), ["--max-samples 0"]),
     Case("surface-negative-batch-size", surface("--batch-size", "-4"), ["--batch-size -4"]),
@@ -138,6 +139,8 @@ CASES = [
     Case("export-png-out-read-only", ["export", "png", "{d}/done.h5", "--out", READ_ONLY + "/f.png"], [READ_ONLY + "/f.png"]),
     # ---- hessian and conflicts
     Case("hessian-zero-top-k", hessian("--top-k", "0"), ["--top-k 0"]),
+    Case("hessian-unknown-solver", hessian("--solver", "arnoldi"), ["--solver", "'arnoldi'", "lanczos"]),
+    Case("hessian-old-solver-flag-checked-too", hessian("--method", "arnoldi"), ["'arnoldi'", "lanczos"]),
     Case("hessian-negative-tol", hessian("--tol", "-1"), ["--tol -1"]),
     Case("hessian-one-trace-sample", hessian("--trace", "--trace-samples", "1"), ["--trace-samples 1"]),
     Case("hessian-zero-max-samples", hessian("--max-samples", "0"), ["--max-samples 0"]),
