@@ -16,20 +16,43 @@ from analysis.results import ConflictResult, HessianResult
 from analysis.sizes import LABELS, LEAVE_ONE_OUT, SETTINGS
 from training.errors import FaslandError
 
+
+
+class _Labels(dict):
+    """Method labels; a model the user brings (--checkpoints NAME=…) is labelled by its NAME."""
+
+    def __missing__(self, name):
+        return name
+
+
+LABELS = _Labels(LABELS)
 WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 
-def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
-          config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None) -> list[Path]:
+def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
+          config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None,
+          checkpoints=None) -> list[Path]:
     """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
     leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
     sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
     seeds: training seeds ('0,1,2' or a list; None: the preset's): one seed keeps out/<method>/, several give
-    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol."""
+    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol.
+    checkpoints: 'NAME=CKPT,…' (or a dict): analyse these models instead (no training, `methods` unused; the
+    protocol is theirs), each in out/NAME/ without the trajectory's PCA plane.
+    protocol: default ICM2O."""
     from training.data.protocols import PROTOCOLS
 
+    given = {}
+    if checkpoints is not None:
+        from training.imports import brought_checkpoints
+
+        if seeds is not None:
+            raise FaslandError("--seeds chooses training seeds, but --checkpoints trains nothing; drop --seeds")
+        protocol, given = brought_checkpoints(checkpoints, protocol)
+        methods = list(given)
+    protocol = protocol or "ICM2O"
     methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
-    unknown = [m for m in methods if m not in LABELS]
+    unknown = [m for m in methods if m not in LABELS and m not in given]
     if unknown or not methods:
         raise FaslandError(f"unknown method(s) {', '.join(unknown) or '(none)'} in --methods; use a comma-separated list of {', '.join(LABELS)}")
     protocols = LEAVE_ONE_OUT if protocol == "all" else (protocol,)
@@ -46,7 +69,7 @@ def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = 
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
         if len(seeds) == 1:
-            reports.append(Study(p, methods, preset, settings, where, options, seeds[0]).run())
+            reports.append(Study(p, methods, preset, settings, where, options, seeds[0], given).run())
         else:
             studies = [Study(p, methods, preset, settings, where / f"seed_{s}", options, s) for s in seeds]
             for st in studies:
@@ -100,7 +123,8 @@ class Study:
     """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
 
     def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, options: dict,
-                 seed: int | None = None):
+                 seed: int | None = None, checkpoints: dict | None = None):
+        self.given = checkpoints or {}    # {name: checkpoint} of models the user brings: not trained, no trajectory
         self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
         self.options = options      # data, config, device, threads, figures
         self.seed = seed            # the training seed (None: the preset's)
@@ -117,12 +141,12 @@ class Study:
         return self.out / m
 
     def ckpt(self, m: str) -> Path:
-        return self.run_dir(m) / "checkpoint.pt"
+        return self.given.get(m, self.run_dir(m) / "checkpoint.pt")
 
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         for m in self.methods:
-            self.train(m)
+            self.evaluate(m) if m in self.given else self.train(m)
         for m in self.methods:
             self.landscapes(m)
         self.interpolations()
@@ -141,6 +165,13 @@ class Study:
                         config=self.options["config"], seed=self.seed, **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
+    def evaluate(self, m: str) -> None:
+        from training.imports import write_metrics
+
+        self.say(f"evaluate {m} ({self.given[m]})")
+        if not (self.run_dir(m) / "metrics.json").exists():
+            write_metrics(self.given[m], self.run_dir(m))
+
     # ---- surfaces -----------------------------------------------------------------------------
     def surface(self, out: Path, checkpoint: Path, x: str, y: str | None = None, **directions) -> Path:
         from landscape.commands import surface, surface_summary
@@ -156,13 +187,15 @@ class Study:
         d = self.run_dir(m)
         self.surface(d / "surface_1d.h5", self.ckpt(m), self.s["x1d"], seed=0)
         self.surface(d / "surface_2d.h5", self.ckpt(m), self.s["x2d"], self.s["x2d"], seed=0)
+        if m in self.given:
+            return
         dirs = d / "pca.dirs.h5"
         if not dirs.exists():
-            from landscape.directions import pca_directions, save_directions, trajectory_checkpoints
+            from landscape.directions import pca_directions, save_directions
             from training.checkpoint import load_model
 
             model, _ = load_model(self.ckpt(m))
-            save_directions(dirs, pca_directions(model, trajectory_checkpoints(d)))
+            save_directions(dirs, pca_directions(model, d))
         with h5py.File(dirs, "r") as f:
             px, py = np.asarray(f["proj_xcoord"]), np.asarray(f["proj_ycoord"])
         n = self.s["pca_points"]
@@ -170,8 +203,13 @@ class Study:
 
     def interpolations(self) -> None:
         """θ_a → θ_b for the first method against each other: a = 0 is the first, a = 1 the other."""
+        from training.checkpoint import load_checkpoint
+
         first = self.methods[0]
         for m in self.methods[1:]:
+            if load_checkpoint(self.ckpt(m))["arch"] != load_checkpoint(self.ckpt(first))["arch"]:
+                print(f"no interpolation {LABELS[first]} → {LABELS[m]}: their architectures differ")
+                continue
             self.say(f"interpolation {LABELS[first]} → {LABELS[m]}")
             self.surface(self.out / f"interpolation_{first}_{m}.h5", self.ckpt(first), self.s["interpolation"],
                          model2=self.ckpt(m))
@@ -194,7 +232,7 @@ class Study:
 
         self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
         out = self.run_dir(m) / "conflicts.json"
-        r = conflicts(self.ckpt(m), out, at="both", trajectory=self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
+        r = conflicts(self.ckpt(m), out, at="both", trajectory=None if m in self.given else self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
         print(conflicts_summary(r, out))
 
     # ---- views --------------------------------------------------------------------------------
@@ -205,19 +243,26 @@ class Study:
         self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
         v, ms = self.views, self.methods
         labels = [LABELS[m] for m in ms]
-        by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d", "surface_pca")}
+        by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d")}
+        trained = [m for m in ms if m not in self.given]      # only these have a trajectory's PCA plane
         for m in ms:
             export_vtk(self.run_dir(m) / "surface_2d.h5", v / f"{m}_surface_2d", log=True)
+        for m in trained:
             export_vtk(self.run_dir(m) / "surface_pca.h5", v / f"{m}_surface_pca", log=True)
         export_png(by["surface_2d"], v / "surfaces_2d.png", labels=labels, log=True)
         export_png(by["surface_1d"], v / "curves_1d.png", labels=labels)
-        export_png(by["surface_pca"], v / "trajectory_pca.png", labels=labels, log=True)
-        interps = [self.out / f"interpolation_{ms[0]}_{m}.h5" for m in ms[1:]]
+        if trained:
+            by["surface_pca"] = [self.run_dir(m) / "surface_pca.h5" for m in trained]
+            export_png(by["surface_pca"], v / "trajectory_pca.png", labels=[LABELS[m] for m in trained], log=True)
+        interps = [m for m in ms[1:] if (self.out / f"interpolation_{ms[0]}_{m}.h5").exists()]
         if interps:
-            export_png(interps, v / "interpolations.png", labels=[f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]])
+            export_png([self.out / f"interpolation_{ms[0]}_{m}.h5" for m in interps], v / "interpolations.png",
+                       labels=[f"{LABELS[ms[0]]}→{LABELS[m]}" for m in interps])
         for name, what in (("surface_2d", "2-D loss surfaces"), ("surface_1d", "1-D loss curves"), ("surface_pca", "trajectory PCA planes")):
             page = {"surface_2d": "surfaces_2d", "surface_1d": "curves_1d", "surface_pca": "trajectory_pca"}[name]
-            export_html(by[name], v / f"{page}.html", labels=labels, title=f"{self.protocol}: {what}")
+            if name in by:
+                export_html(by[name], v / f"{page}.html", labels=labels if name != "surface_pca" else [LABELS[m] for m in trained],
+                            title=f"{self.protocol}: {what}")
         export_html([self.run_dir(m) / "hessian.json" for m in ms], v / "hessian.html", labels=labels,
                     title=f"{self.protocol}: Hessian spectra")
         export_html([self.run_dir(m) / "conflicts.json" for m in ms], v / "conflicts.html", labels=labels,
@@ -261,12 +306,21 @@ class Study:
             rows.append(row)
         return rows
 
+    def config_of(self, m: str) -> dict:
+        """The run config of method m: its run's config.yaml, or the brought checkpoint's own."""
+        if m in self.given:
+            from training.checkpoint import load_checkpoint
+
+            return load_checkpoint(self.given[m])["config"]
+        import yaml
+
+        return yaml.safe_load((self.run_dir(m) / "config.yaml").read_text()) or {}
+
     def header(self) -> list[str]:
         """Where the numbers come from, one line each: the data root, the preset and every override (training
         config keys that differ from the preset's, analysis sizes that differ from the preset's), the device and
         threads, the versions."""
         import torch
-        import yaml
 
         from training.device import pick_device
         from training.presets import make_config
@@ -274,15 +328,16 @@ class Study:
 
         overrides = {}
         for m in self.methods:
-            run = yaml.safe_load((self.run_dir(m) / "config.yaml").read_text()) or {}
-            overrides.update(differences(run, make_config(self.protocol, m, self.preset)))
-        data = yaml.safe_load((self.run_dir(self.methods[0]) / "config.yaml").read_text()).get("data", {})
+            if m not in self.given:
+                overrides.update(differences(self.config_of(m), make_config(self.protocol, m, self.preset)))
+        data = self.config_of(self.methods[0]).get("data", {})
         root = data.get("root", "synth")
         where = (f"SynthFAS (embedded, version {data.get('synth_version', '?')}, seed {data.get('seed', 0)})" if root == "synth"
                  else f"{Path(root).resolve()}")
         sizes = {k: v for k, v in self.s.items() if SETTINGS[self.preset].get(k) != v}
         threads = self.options["threads"] or torch.get_num_threads()
-        return [f"data: {where}, {data.get('image_size', '?')} px",
+        brought = [f"models brought: " + ", ".join(f"{n} = {Path(c).resolve()}" for n, c in self.given.items())] if self.given else []
+        return [f"data: {where}, {data.get('image_size', '?')} px", *brought,
                 f"preset: {self.preset}; training overrides: "
                 + (", ".join(f"{k} = {v}" for k, v in sorted(overrides.items())) or "none")
                 + "; analysis sizes: " + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "the preset's"),
