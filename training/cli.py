@@ -15,7 +15,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="'synth' (default: the embedded SynthFAS) or the root of the real datasets")
     p.add_argument("--preset", default="demo", help="demo (2-core CPU) or paper (the GAC-FAS recipe)")
     p.add_argument("--config", default=None, help="YAML file whose sections override the preset (data, model, hparams, train)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the preset's); a larger value on a finished run continues it")
+    p.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep the trajectory checkpoint of every N-th epoch (epoch 0 and the last always); default: the preset's train.save_every")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--pretrained", default=None, help="a local torchvision resnet18 state_dict (nothing downloads)")
@@ -47,7 +49,7 @@ def read_yaml(path) -> dict:
 
 
 def run_config(args) -> dict:
-    """The preset, then the --config file, then the single-value flags."""
+    """The preset, then the --config file, then the single-value flags; paths stored resolved."""
     from training.data.protocols import parse_protocol
     from training.presets import make_config
 
@@ -56,10 +58,18 @@ def run_config(args) -> dict:
     flags = {}
     for value, section, key in ((args.data, "data", "root"), (args.image_size, "data", "image_size"),
                                 (args.epochs, "train", "epochs"), (args.seed, "train", "seed"),
+                                (args.keep_checkpoints, "train", "save_every"),
                                 (args.pretrained, "model", "pretrained")):
         if value is not None:
             flags.setdefault(section, {})[key] = value
     return make_config(args.protocol, args.method, args.preset, overrides, flags)
+
+
+def asks_for_rules(args) -> bool:
+    """The --config file sets the warming or head-only epochs itself: a method that then never applies its
+    own update does so because the user asked (trainer.check_update_rules)."""
+    section = (read_yaml(args.config) if args.config else {}).get("train")
+    return isinstance(section, dict) and bool({"minimizer_warming", "head_only_epochs"} & set(section))
 
 
 def run_train(args) -> int:
@@ -69,7 +79,7 @@ def run_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = run_config(args)
-    metrics = train(config, args.out, pick_device(args.device))
+    metrics = train(config, args.out, pick_device(args.device), asked_rules=asks_for_rules(args))
     f = metrics["final"]["target"]
     print(f"{args.method} {args.protocol}: target HTER {100 * f['hter']:.2f}%  AUC {100 * f['auc']:.2f}%  "
           f"(sources HTER {100 * metrics['final']['sources']['hter']:.2f}%)  → {args.out}")

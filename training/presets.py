@@ -1,5 +1,6 @@
 """Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe."""
 import copy
+from pathlib import Path
 
 from training.data.synth import VERSION as SYNTH_VERSION
 from training.errors import FaslandError
@@ -57,8 +58,20 @@ def make_config(protocol: str, method: str, preset: str = "demo", *overrides: di
     config["hparams"].update(METHOD_HPARAMS[method])
     for o in overrides:
         merge(config, o or {})
+    resolve_paths(config)
     if config["data"]["root"] == "synth":   # a run on older SynthFAS images is another run
         config["data"]["synth_version"] = SYNTH_VERSION
+    return config
+
+
+def resolve_paths(config: dict) -> dict:
+    """data.root (unless 'synth') and model.pretrained as resolved absolute paths: a run started from another
+    folder finds them, and one folder given relative or absolute is one configuration."""
+    d, m = config["data"], config["model"]
+    if isinstance(d.get("root"), str) and d["root"] != "synth":
+        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    if isinstance(m.get("pretrained"), str):
+        m["pretrained"] = str(Path(m["pretrained"]).expanduser().resolve())
     return config
 
 
@@ -72,3 +85,24 @@ def merge(base: dict, overrides: dict, path: str = "") -> dict:
         else:
             base[k] = v
     return base
+
+
+def flatten(config: dict, prefix: tuple = ()) -> dict:
+    """{(section, key, …): value} of a nested config."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, ignore=frozenset()) -> list[str]:
+    """'section.key old → new' for every key whose value differs (a missing key shows as 'unset')."""
+    a, b = flatten(old or {}), flatten(new or {})
+    unset = object()
+    return [f"{'.'.join(map(str, k))} {'unset' if a.get(k, unset) is unset else repr(a[k])} → "
+            f"{'unset' if b.get(k, unset) is unset else repr(b[k])}"
+            for k in sorted(set(a) | set(b), key=lambda k: tuple(map(str, k)))
+            if k not in ignore and a.get(k, unset) != b.get(k, unset)]
