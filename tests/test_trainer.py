@@ -29,8 +29,14 @@ def test_run_directory_and_metrics(tmp_path):
     assert on_disk == json.loads(json.dumps(metrics))
     assert [e["epoch"] for e in on_disk["evaluations"]] == [1, 2]
     for e in on_disk["evaluations"]:
-        assert set(e["target"]) == {"hter", "auc", "tpr_at_fpr5", "acc"} and set(e["sources"]) == {"hter", "auc"}
-        assert all(0 <= v <= 1 for v in (*e["target"].values(), *e["sources"].values()))
+        last = e["epoch"] == 2      # the final evaluation also carries client-bootstrap intervals
+        assert set(e["target"]) == {"hter", "auc", "tpr_at_fpr5", "acc"} | ({"interval"} if last else set())
+        assert set(e["sources"]) == {"hter", "auc"} | ({"interval"} if last else set())
+        assert all(0 <= v <= 1 for part in ("target", "sources") for k, v in e[part].items() if k != "interval")
+    for part, clients in (("target", 20), ("sources", 15 + 30 + 20)):    # O's test clients; I, C, M's
+        ci = on_disk["final"][part]["interval"]
+        assert ci["clients"] <= clients and ci["n_boot"] == 1000
+        assert all(0 <= lo <= hi <= 1 for lo, hi in (ci["hter"], ci["auc"]))
     assert on_disk["final"] == on_disk["evaluations"][-1]
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["method"] == "erm" and ckpt["arch"]["name"] == "resnet18"

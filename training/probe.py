@@ -12,16 +12,18 @@ from training.metrics import fas_metrics
 
 class Probe:
     """domains: {name: (x, y)} with x already normalized; sources are averaged into `train_*`,
-    the target gives `test_*` plus its HTER and AUC."""
+    the target gives `test_*` plus its HTER and AUC. clients: {name: client id per sample} (CPU), the unit
+    of the bootstrap intervals; {} when unknown."""
 
     def __init__(self, domains: dict, sources, target=None, batch_size: int = 256, logit_scale: float = 1.0,
-                 device="cpu", channels_last: bool = True):
+                 device="cpu", channels_last: bool = True, clients: dict | None = None):
         if batch_size <= 0:
             raise FaslandError(f"batch size {batch_size} must be positive; pass --batch-size 128 or similar")
         self.device = torch.device(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.domains = {d: (x.to(self.device).contiguous(memory_format=fmt), y.to(self.device).float()) for d, (x, y) in domains.items()}
         self.sources, self.target = tuple(sources), target
+        self.clients = {d: c.cpu() for d, c in (clients or {}).items()}
         self.batch_size, self.logit_scale, self.channels_last = batch_size, logit_scale, channels_last
 
     def loss_fn(self, logits, y):
@@ -76,12 +78,12 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     sources, target = parse_protocol(config["protocol"])
     d = config["data"]
     root = data or d["root"]
-    domains = {}
+    domains, clients = {}, {}
     for name, split in [(s, source_split) for s in sources] + [(target, "test")]:
         dom = load_domain(root, name, split, image_size=d["image_size"], seed=d.get("seed", 0))
         idx = torch.arange(len(dom.labels))
         if max_samples is not None and len(idx) > max_samples:
             idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
-        domains[name] = (normalize(dom.images[idx]), dom.labels[idx])
+        domains[name], clients[name] = (normalize(dom.images[idx]), dom.labels[idx]), dom.clients[idx]
     return Probe(domains, sources, target, batch_size=batch_size,
-                 logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device)
+                 logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device, clients=clients)

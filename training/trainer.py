@@ -16,7 +16,7 @@ from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
 from training.errors import FaslandError
-from training.metrics import fas_metrics
+from training.metrics import client_intervals, fas_metrics
 from training.model import build_model, load_pretrained
 from training.presets import config_differences
 from training.probe import load_probe
@@ -79,16 +79,20 @@ def augment(x: torch.Tensor, kind: str, g: torch.Generator, depth: torch.Tensor 
     return x.masked_fill(hole[:, None], 0), depth
 
 
-def evaluate(model, probe) -> dict:
-    """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients."""
+def evaluate(model, probe, intervals: bool = False) -> dict:
+    """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients; with `intervals`
+    also their 95% client-level bootstrap intervals (`client_intervals`) under "interval"."""
     logits = probe.logits(model)
-    t = probe.target
-    target = fas_metrics(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy())
-    s_scores = torch.cat([logits[s] for s in probe.sources]).cpu().numpy()
-    s_labels = torch.cat([probe.domains[s][1] for s in probe.sources]).cpu().numpy()
-    sources = fas_metrics(s_scores, s_labels)
-    return {"target": {k: target[k] for k in ("hter", "auc", "tpr_at_fpr5", "acc")},
-            "sources": {k: sources[k] for k in ("hter", "auc")}}
+    out = {}
+    for part, names, keys in (("target", (probe.target,), ("hter", "auc", "tpr_at_fpr5", "acc")),
+                              ("sources", probe.sources, ("hter", "auc"))):
+        scores = torch.cat([logits[d] for d in names]).cpu().numpy()
+        labels = torch.cat([probe.domains[d][1] for d in names]).cpu().numpy()
+        m = fas_metrics(scores, labels)
+        out[part] = {k: m[k] for k in keys}
+        if intervals and all(d in probe.clients for d in names):
+            out[part]["interval"] = client_intervals(scores, labels, torch.cat([probe.clients[d] for d in names]).numpy())
+    return out
 
 
 def summarize(evaluations: list[dict], last: int, rules: list[str] | None = None) -> dict:
@@ -321,7 +325,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
             if not all(math.isfinite(v) for v in logs.values()):
                 raise FaslandError(f"training diverged at epoch {epoch + 1} (loss {logs['loss']}); lower hparams.lr or rho and rerun with a new --out")
             if should_evaluate(epoch + 1, t):
-                evaluations.append({"epoch": epoch + 1, **evaluate(model, probe)})
+                evaluations.append({"epoch": epoch + 1, **evaluate(model, probe, intervals=epoch + 1 == t["epochs"])})
                 e = evaluations[-1]
                 log.info(f"epoch {epoch + 1}: target HTER {e['target']['hter']:.4f} AUC {e['target']['auc']:.4f}; sources HTER {e['sources']['hter']:.4f}")
                 bar.write(f"epoch {epoch + 1}: target HTER {100 * e['target']['hter']:.2f}% AUC {100 * e['target']['auc']:.2f}% | sources HTER {100 * e['sources']['hter']:.2f}%")

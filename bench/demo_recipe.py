@@ -1,0 +1,48 @@
+"""Candidate demo recipes: one method trained on one protocol, its source and target HTER, and its cost.
+
+Each RECIPE is IMAGE_SIZE:EPOCHS:STEPS_PER_EPOCH:LR_STEP (lr_step 0 = constant), trained with the demo
+preset otherwise and evaluated once, at the end, on held-out clients. Prints one markdown row per recipe
+with wall and process-CPU seconds and the 1-minute load average at the start (the machine may be shared:
+CPU seconds per step are the figure to extrapolate from)."""
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's packages, not an installed copy
+
+from training.presets import make_config
+from training.trainer import train
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipes", nargs="+", metavar="PX:EPOCHS:STEPS:LR_STEP")
+    p.add_argument("--method", default="erm")
+    p.add_argument("--protocol", default="ICM2O")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for recipe in args.recipes:
+        px, epochs, steps, lr_step = (int(v) for v in recipe.split(":"))
+        over = {"data": {"image_size": px},
+                "train": {"epochs": epochs, "steps_per_epoch": steps, "lr_step": lr_step, "lr_gamma": 0.5,
+                          "eval_every": 10 ** 6, "save_every": 10 ** 6}}
+        config = make_config(args.protocol, args.method, "demo", over)
+        load, wall, cpu = os.getloadavg()[0], time.time(), time.process_time()
+        with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(sys.stderr):
+            final = train(config, run, "cpu", progress=False)["final"]
+        wall, cpu = time.time() - wall, time.process_time() - cpu
+        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | "
+              f"{100 * final['sources']['hter']:.2f}% | {100 * final['target']['hter']:.2f}% | {wall:.0f} | {cpu:.0f} | "
+              f"{1000 * cpu / (epochs * steps):.0f} | {load:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
