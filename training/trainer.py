@@ -95,6 +95,12 @@ def evaluate(model, probe, intervals: bool = False) -> dict:
     return out
 
 
+def without_intervals(evaluation: dict) -> dict:
+    """An evaluation as made before the final epoch: without the final one's bootstrap intervals."""
+    return {k: ({n: v for n, v in part.items() if n != "interval"} if isinstance(part, dict) else part)
+            for k, part in evaluation.items()}
+
+
 def summarize(evaluations: list[dict], last: int, rules: list[str] | None = None) -> dict:
     """final (the last evaluation), best (lowest target HTER), mean ± std of the last `last` ones, and
     `update_rules`: the rule each epoch trained with (update_rule; index 0 = epoch 1)."""
@@ -293,7 +299,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
         algo.load_extra_state(state["algorithm"])
         start = state["epoch"]
         # a continued run keeps the evaluations a run trained this long from the start makes
-        evaluations = [e for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
+        evaluations = [without_intervals(e) for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
         log.info(f"resumed from epoch {start}" + (f" (a finished run of {finished} epochs continued to {t['epochs']})" if finished else ""))
     metrics = summarize(evaluations, t["eval_last"], rules[:start])
     steps_log = out / "steps.jsonl"
