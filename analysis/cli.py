@@ -57,22 +57,6 @@ def _probe_flags(p) -> None:
     probe_flags(p, "probe (data and protocol default to the checkpoint's)")
 
 
-def _versions() -> dict:
-    import platform
-    from importlib import metadata
-
-    import numpy
-    import scipy
-    import torch
-
-    try:
-        fasland = metadata.version("fasland")
-    except metadata.PackageNotFoundError:
-        fasland = "unknown"
-    return {"fasland": fasland, "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
-
-
 def _read_previous(path) -> dict:
     """An earlier result at `path` to resume from, or {} (missing or unreadable: start afresh)."""
     import json
@@ -173,6 +157,7 @@ def run_hessian(args) -> int:
     from analysis import hessian as hs
     from analysis.mpi_reduce import shard
     from training.checkpoint import file_hash
+    from training.provenance import versions
 
     check_positive(args, ("top_k", "tol", "max_iter", "trace_samples", "density_iter", "density_runs"))
     if args.trace and args.trace_samples < 2:
@@ -186,7 +171,7 @@ def run_hessian(args) -> int:
         "command": "hessian", "method": ckpt["config"].get("method"), "checkpoint": str(args.checkpoint), "key": key,
         "provenance": {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
                        "data": data_spec, "seed": args.seed, "hvp": args.hvp, "mpi_ranks": w.size, "device": str(device),
-                       "versions": _versions()},
+                       "versions": versions()},
         "sections": {},
     }
     eig = {"top_k": args.top_k, "method": args.method, "tol": args.tol, "max_iter": args.max_iter, "seed": args.seed}
@@ -279,30 +264,17 @@ def _print_hessian(r: dict, out) -> None:
 
 def _conflict_settings(args, ckpt) -> dict:
     """ρ, η, α, adaptive, official_accumulation: the flags, else the checkpoint's hparams, else GAC-FAS's defaults."""
-    from training.algorithms.gacfas import GACFAS
+    from training.algorithms import hparams
 
-    h = ckpt["config"].get("hparams", {}) if isinstance(ckpt.get("config"), dict) else {}
-    d = GACFAS.HPARAMS
+    g, sam = hparams("gacfas", ckpt.get("config")), hparams("sam", ckpt.get("config"))
     s = {"at": args.at,
-         "rho": args.rho if args.rho is not None else float(h.get("rho", d["rho"])),
-         "eta": args.eta if args.eta is not None else float(h.get("eta", d["eta"])),
-         "alpha": args.alpha if args.alpha is not None else float(h.get("alpha", d["alpha"])),
-         "adaptive": bool(args.adaptive if args.adaptive is not None else h.get("adaptive", False)),
+         "rho": args.rho if args.rho is not None else float(g["rho"]),
+         "eta": args.eta if args.eta is not None else float(g["eta"]),
+         "alpha": args.alpha if args.alpha is not None else float(g["alpha"]),
+         "adaptive": bool(args.adaptive if args.adaptive is not None else sam["adaptive"]),
          "official_accumulation": bool(args.official_accumulation if args.official_accumulation is not None
-                                       else h.get("official_accumulation", False))}
+                                       else g["official_accumulation"])}
     return s
-
-
-def _trajectory_checkpoints(run_dir) -> list:
-    from pathlib import Path
-
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise FaslandError(f"--trajectory '{run_dir}' is not a folder; pass the run directory written by 'fasland train'")
-    found = sorted((d / "checkpoints").glob("epoch_*.pt"))
-    if not found:
-        raise FaslandError(f"--trajectory '{run_dir}' has no checkpoints/epoch_*.pt; pass a run directory of 'fasland train' (it saves one per epoch)")
-    return found
 
 
 def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
@@ -325,16 +297,17 @@ def run_conflicts(args) -> int:
 
     from analysis.conflicts import work_units
     from landscape import mpi
-    from training.checkpoint import file_hash, load_model
+    from training.checkpoint import file_hash, load_model, trajectory_checkpoints
+    from training.provenance import versions
 
     if args.checkpoint is None:
         if args.trajectory is None:
             raise FaslandError("pass --checkpoint CKPT, --trajectory RUN_DIR, or both")
         final = Path(args.trajectory) / "checkpoint.pt"
-        trajectory = _trajectory_checkpoints(args.trajectory)
+        trajectory = trajectory_checkpoints(args.trajectory)
         args.checkpoint = str(final) if final.is_file() else None
     else:
-        trajectory = _trajectory_checkpoints(args.trajectory) if args.trajectory else []
+        trajectory = trajectory_checkpoints(args.trajectory) if args.trajectory else []
     for name in ("rho", "eta", "alpha"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise FaslandError(f"--{name} {getattr(args, name)} must not be negative; pass e.g. --{name} 0.1")
@@ -347,7 +320,7 @@ def run_conflicts(args) -> int:
     k = len(probe.sources)
     result = {"command": "conflicts", "method": ckpt["config"].get("method"), "checkpoint": args.checkpoint, "key": key,
               "provenance": {"checkpoint": args.checkpoint, "data": data_spec, "settings": s, "mpi_ranks": w.size,
-                             "device": str(device), "versions": _versions()},
+                             "device": str(device), "versions": versions()},
               "domains": list(probe.sources)}
 
     def save():

@@ -17,10 +17,10 @@ import contextlib
 
 import torch
 
-from analysis.hessian import batch_weights, eval_mode
 from training.algorithms.gacfas import gacfas_perturbations
 from training.algorithms.sam import sam_perturbation
 from training.errors import FaslandError
+from training.probe import batch_weights, eval_mode
 
 AT = ("theta", "ascent", "both")
 

@@ -14,7 +14,6 @@ its running statistics and H = ∇²L(θ) is one fixed symmetric matrix over the
 Under `mpiexec` (analysis.mpi_reduce.World) each rank holds a shard of the batches and every HVP is summed
 over ranks, so all ranks run the same iteration on the same vectors.
 """
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -24,31 +23,12 @@ from scipy.linalg import eigh_tridiagonal
 from torch.func import functional_call, grad, jvp
 
 from training.errors import FaslandError
+from training.probe import batch_weights, eval_mode
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
 # The faster of the two on ResNet18 (bench/hessian.py measures both in the same run).
 DEFAULT_HVP = "double_backward"
 KEEP_GRAPH_ELEMENTS = 2 ** 21
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Run in eval mode (BatchNorm on its running statistics), then restore the caller's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def batch_weights(data, world=None) -> list[float]:
-    """n_b / Σ n over all ranks' batches: averaging batch losses with them gives the union's mean loss."""
-    n_local = sum(len(y) for _, y in data)
-    n = world.sum_scalar(n_local) if world is not None else n_local
-    if n == 0:
-        raise FaslandError("the data for the Hessian holds no samples; pass a probe with at least one image per domain")
-    return [len(y) / n for _, y in data]
 
 
 CHUNK = 16384       # vectors are padded to a multiple of CHUNK entries for the chunked dot product

@@ -172,8 +172,8 @@ def directions_recipe(args, file_hash) -> dict:
             raise FaslandError(f"--dir-file '{args.dir_file}' not found; pass an existing direction .h5 (to make new directions, drop --dir-file)")
         return {"kind": "file", "sha256": file_hash(args.dir_file), "dir_type": args.dir_type}
     if args.pca:
-        from landscape.directions import trajectory_checkpoints
-        files = trajectory_checkpoints(args.pca)
+        from training.checkpoint import trajectory_checkpoints
+        files = trajectory_checkpoints(args.pca, at_least=3)
         return {"kind": "pca", "dir_type": dir_type, "ignore": args.xignore, "orthogonalize": False,
                 "checkpoints": [[p.name, file_hash(p)] for p in files]}
     x = ({"kind": "interpolation", "to_sha256": file_hash(checked(args.model2, "--model2"))} if args.model2
@@ -199,7 +199,7 @@ def ensure_directions(args, model, recipe: dict, checkpoint_sha256: str, path: P
     import torch
 
     from landscape.directions import (Directions, interpolation_direction, load_directions, orthogonalize,
-                                      pca_directions, random_direction, save_directions, trajectory_checkpoints)
+                                      pca_directions, random_direction, save_directions)
     from training.checkpoint import load_model
 
     if recipe.get("kind") == "file":
@@ -217,7 +217,7 @@ def ensure_directions(args, model, recipe: dict, checkpoint_sha256: str, path: P
             return
     dir_type = recipe.get("dir_type", "weights")
     if recipe.get("kind") == "pca":
-        dirs = pca_directions(model, trajectory_checkpoints(args.pca), dir_type, args.xignore)
+        dirs = pca_directions(model, args.pca, dir_type, args.xignore)
         dirs.recipe = recipe
     else:
         g = torch.Generator().manual_seed(int(args.seed))
@@ -244,6 +244,7 @@ def quick_plot(path) -> Path:
     import numpy as np
 
     from landscape.store import grid_view, read_store
+    from training.checkpoint import atomic_write
 
     s = read_store(path)
     png = Path(path).with_suffix(".png")
@@ -273,8 +274,6 @@ def quick_plot(path) -> Path:
             ax.legend(fontsize=8)
         ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title("train_loss")
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, png)
     return png

@@ -13,7 +13,6 @@ Saved in the reference layout: groups `xdirection`/`ydirection`, one dataset per
 """
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import atomic_write
+from training.checkpoint import atomic_write, trajectory_checkpoints
 from training.errors import FaslandError
 
 NORMS = ("filter", "layer", "weight", "none")
@@ -134,15 +133,6 @@ def orthogonalize(x: list[torch.Tensor], y: list[torch.Tensor]) -> list[torch.Te
     return [(t * scale).float() for t in out]
 
 
-def trajectory_checkpoints(run_dir) -> list[Path]:
-    """RUN_DIR/checkpoints/epoch_*.pt in epoch order."""
-    folder = Path(run_dir) / "checkpoints"
-    files = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)) if folder.is_dir() else []
-    if len(files) < 3:
-        raise FaslandError(f"PCA of a trajectory needs at least 3 checkpoints in '{folder}', found {len(files)}; pass the RUN_DIR of a run that saved its epochs")
-    return files
-
-
 def pca_directions(model: nn.Module, checkpoints, dir_type: str = "weights", ignore: str = "biasbn") -> Directions:
     """PC1, PC2 of the rows θ_e − θ (θ = `model`, the final point), as the reference does; 1-D tensors
     are left out when ignore='biasbn'. `checkpoints`: a run directory (its checkpoints/epoch_*.pt) or
@@ -152,7 +142,7 @@ def pca_directions(model: nn.Module, checkpoints, dir_type: str = "weights", ign
 
     check_choice(ignore, IGNORES, "--xignore")
     if isinstance(checkpoints, (str, os.PathLike)):
-        checkpoints = trajectory_checkpoints(checkpoints)
+        checkpoints = trajectory_checkpoints(checkpoints, at_least=3)
     base = model_tensors(model, dir_type)
     rows, epochs = [], []
     for i, path in enumerate(checkpoints):

@@ -8,7 +8,6 @@ once per row and each point is then a single pass t ← (θ + b·d2) + a·d1 (a 
 nothing more: every point rewrites every moved tensor anyway).
 """
 import math
-import platform
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from landscape import mpi
 from landscape.directions import Directions, cosine, model_tensors
 from landscape.store import SurfaceStore
 from training.errors import FaslandError
+from training.provenance import versions
 
 
 def parse_axis(spec: str, flag: str = "--x") -> np.ndarray:
@@ -113,18 +113,6 @@ def evaluate(probe, model: nn.Module, autocast: bool = False) -> dict[str, float
     else:
         metrics = probe(model)
     return {k: float(v) for k, v in metrics.items()}
-
-
-def versions() -> dict:
-    import h5py
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        fasland = version("fasland")
-    except PackageNotFoundError:
-        fasland = "unknown"
-    return {"fasland": fasland, "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-            "python": platform.python_version()}
 
 
 def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, ycoords=None, out_path=None,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from training.algorithms import default_hparams, make_algorithm
+from training.algorithms import hparams, make_algorithm
 from training.algorithms.gacfas import gacfas_perturbations, official_domain_gradients
 from training.algorithms.sam import sam_perturbation
 from training.algorithms.supcon import supcon_loss
@@ -323,7 +323,7 @@ def test_warmup_switch_from_erm_to_gacfas():
     model = tiny_net()
     algo = make_algorithm("gacfas", model, 3, h)
     erm_model = copy.deepcopy(model)
-    erm = make_algorithm("erm", erm_model, 3, {k: v for k, v in h.items() if k in default_hparams("erm")})
+    erm = make_algorithm("erm", erm_model, 3, {k: v for k, v in h.items() if k in hparams("erm")})
     algo.warming = True
     logs = algo.update(batches)
     erm.update(batches)
@@ -398,7 +398,7 @@ def test_unknown_or_misplaced_hparams_are_errors():
         make_algorithm("sam", tiny_net(), 3, {"eta": 0.1})
     with pytest.raises(FaslandError, match="unknown method"):
         make_algorithm("fish", tiny_net(), 3, {})
-    assert default_hparams("gacfas")["alpha"] == 0.0002 and default_hparams("gacfas")["rho"] == 0.1
+    assert hparams("gacfas")["alpha"] == 0.0002 and hparams("gacfas")["rho"] == 0.1
 
 
 def test_bad_minibatches_are_errors():
@@ -410,3 +410,19 @@ def test_bad_minibatches_are_errors():
         algo.update([None, None, (batches[0][0][:0], batches[0][1][:0])])
     with pytest.raises(FaslandError, match="two views"):
         make_algorithm("erm", tiny_net(), 3, {"supcon_weight": 0.2}).update(batches)
+
+
+def test_hparams_are_the_class_defaults_overridden_by_a_config():
+    from training.algorithms.sam import SAM
+    from training.presets import make_config
+
+    assert hparams("sam") == SAM.defaults() and SAM.defaults()["lr"] == 0.01 and SAM.defaults()["rho"] == 0.05
+    sam_config = {"hparams": {"rho": 0.02, "adaptive": True, "lr": 0.5}}
+    g = hparams("gacfas", sam_config)        # another method's config lends only the keys GAC-FAS knows
+    assert g["rho"] == 0.02 and g["lr"] == 0.5 and g["alpha"] == 0.0002 and "adaptive" not in g
+    assert hparams("erm", None) == hparams("erm", {"hparams": None})
+    assert make_config("ICM2O", "gacfas", "demo")["hparams"] == hparams("gacfas")   # the demo only uses defaults
+    paper = make_config("ICM2O", "sam", "paper", {"hparams": {"rho": 0.1}})["hparams"]
+    assert paper["lr"] == 0.005 and paper["rho"] == 0.1 and paper["adaptive"] is False
+    with pytest.raises(FaslandError, match="unknown method 'adam'"):
+        hparams("adam")

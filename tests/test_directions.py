@@ -195,7 +195,7 @@ def test_pca_of_a_trajectory_finds_its_plane(tmp_path):
 
 def test_pca_needs_a_trajectory(tmp_path):
     with pytest.raises(FaslandError, match="at least 3 checkpoints"):
-        trajectory_checkpoints(tmp_path)
+        trajectory_checkpoints(tmp_path, at_least=3)
     net = tiny_net()
     paths, _, _ = trajectory(tmp_path, net, [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)], noise=0.0)   # a straight line
     with pytest.raises(FaslandError, match="fewer than 2 independent directions"):

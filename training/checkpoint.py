@@ -72,6 +72,18 @@ def save_checkpoint(path, model: nn.Module, arch: dict, config: dict, epoch: int
     atomic_save({"model": state, "arch": arch, "config": config, "epoch": epoch, "metrics": metrics, **extra}, path)
 
 
+def trajectory_checkpoints(run_dir, at_least: int = 1) -> list[Path]:
+    """RUN_DIR/checkpoints/epoch_*.pt, the trajectory a run saved, in epoch order (at least `at_least`)."""
+    if not Path(run_dir).is_dir():
+        raise FaslandError(f"run directory '{run_dir}' is not a folder; pass the RUN_DIR written by 'fasland train'")
+    folder = Path(run_dir) / "checkpoints"
+    files = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if len(files) < at_least:
+        raise FaslandError(f"need at least {at_least} checkpoint{'s' if at_least > 1 else ''} epoch_*.pt in '{folder}', found {len(files)}; "
+                           "pass the RUN_DIR of a 'fasland train' run (it saves one per epoch)")
+    return files
+
+
 def load_checkpoint(path) -> dict:
     """Load a fasland checkpoint on the CPU with weights_only=True; every failure is one clear sentence."""
     p = Path(path)

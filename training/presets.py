@@ -1,21 +1,15 @@
-"""Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe."""
+"""Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe.
+A preset's `hparams` only override the algorithm classes' HPARAMS (the one set of defaults)."""
 import copy
 from pathlib import Path
 
 from training.data.synth import VERSION as SYNTH_VERSION
 from training.errors import FaslandError
 
-METHOD_HPARAMS = {
-    "erm": {},
-    "sam": {"rho": 0.05, "adaptive": False},
-    "gacfas": {"rho": 0.1, "eta": 0.0, "alpha": 0.0002},
-    "rfm": {},
-}
-
 DEMO = {
     "data": {"root": "synth", "image_size": 32, "seed": 0},
     "model": {"name": "resnet18", "head": "linear", "pretrained": None},
-    "hparams": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "hparams": {},                              # the classes' defaults
     "train": {
         "seed": 0, "epochs": 6, "steps_per_epoch": 25, "batch_per_domain": 16,
         "lr_step": 0, "lr_gamma": 0.5,          # StepLR(lr_step epochs, lr_gamma); 0 = constant
@@ -47,15 +41,15 @@ PRESETS = {"demo": DEMO, "paper": PAPER}
 
 
 def make_config(protocol: str, method: str, preset: str = "demo", *overrides: dict | None) -> dict:
-    """A full run config: the preset, the method's hyper-parameters, then each of `overrides` merged in
-    order (nested dicts; None is skipped)."""
+    """A full run config: the preset, its hparams resolved over the method's defaults (so the config names
+    every hyper-parameter of the run), then each of `overrides` merged in order (nested dicts; None is skipped)."""
+    from training.algorithms import hparams
+
     if preset not in PRESETS:
         raise FaslandError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
-    if method not in METHOD_HPARAMS:
-        raise FaslandError(f"unknown method '{method}'; use one of {', '.join(METHOD_HPARAMS)}")
     config = copy.deepcopy(PRESETS[preset])
     config.update(protocol=protocol, method=method, preset=preset)
-    config["hparams"].update(METHOD_HPARAMS[method])
+    config["hparams"] = hparams(method, config)
     for o in overrides:
         merge(config, o or {})
     resolve_paths(config)

@@ -1,13 +1,38 @@
 """The probe: each domain's evaluation tensors, loaded once onto the device, and every metric of a
-model in one pass over them. Surfaces, Hessians and conflict matrices all start from it."""
+model in one pass over them. Surfaces, Hessians and conflict matrices all start from it, and every
+eval-mode loop over its batches (the logits here, a Hessian's loss, a domain's gradient) runs under
+`eval_mode` and averages batches with `batch_weights`."""
+import contextlib
+
 import torch
 from torch import nn
 
+from training.algorithms import hparams
 from training.algorithms.base import bce
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
 from training.errors import FaslandError
 from training.metrics import fas_metrics
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run in eval mode (BatchNorm on its running statistics), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_weights(batches, world=None) -> list[float]:
+    """w_b = n_b / Σ n over all ranks' batches: Σ_b w_b L_b is the union's mean loss."""
+    n_local = sum(len(y) for _, y in batches)
+    n = world.sum_scalar(n_local) if world is not None else n_local
+    if n == 0:
+        raise FaslandError("the batches hold no samples; pass a probe with at least one image per domain")
+    return [len(y) / n for _, y in batches]
 
 
 class Probe:
@@ -42,13 +67,9 @@ class Probe:
         """One eval-mode pass: {domain: logits}."""
         if self.channels_last:   # outside inference mode: the parameters must stay usable by autograd
             model.to(memory_format=torch.channels_last)
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            out = {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
-                   for d, (x, _) in self.domains.items()}
-        model.train(was_training)
-        return out
+        with eval_mode(model), torch.inference_mode():
+            return {d: torch.cat([model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
+                    for d, (x, _) in self.domains.items()}
 
     def metrics(self, logits: dict[str, torch.Tensor]) -> dict[str, float]:
         """loss_<D>, acc_<D> per domain; train_* = mean over sources; test_* and test_hter/test_auc on the target."""
@@ -86,4 +107,4 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
             idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
         domains[name], clients[name] = (normalize(dom.images[idx]), dom.labels[idx]), dom.clients[idx]
     return Probe(domains, sources, target, batch_size=batch_size,
-                 logit_scale=config.get("hparams", {}).get("logit_scale", 1.0), device=device, clients=clients)
+                 logit_scale=hparams("erm", config)["logit_scale"], device=device, clients=clients)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from training.algorithms import make_algorithm
+from training.algorithms import algorithm_class, make_algorithm
 from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 from training.data import load_domain, normalize
 from training.data.protocols import parse_protocol
@@ -32,7 +32,7 @@ class SourceBatches:
         self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
-        self.with_depth = config["method"] == "rfm"
+        self.with_depth = algorithm_class(config["method"]).needs_depth
 
     def sample(self, g: torch.Generator) -> list[tuple]:
         """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""

@@ -29,16 +29,6 @@ from torch import nn
 from training.algorithms.supcon import supcon_loss
 from training.errors import FaslandError
 
-BASE_HPARAMS = {
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "head_lr_mult": 1.0,         # the paper recipe trains the head at 10× the backbone's rate
-    "logit_scale": 1.0,          # BCE on sigmoid(logit_scale · logit)
-    "supcon_weight": 0.0,        # two-view supervised-contrastive feature loss (0 = off; paper 0.2)
-}
-
-
 def bce(logits: torch.Tensor, y: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
     """Mean binary cross-entropy of sigmoid(logit_scale · logit) against y (1 = live)."""
     return F.binary_cross_entropy_with_logits(logit_scale * logits, y.to(logits.dtype))
@@ -57,12 +47,31 @@ class Batch:
 
 class Algorithm:
     """One optimizer step per `update(minibatches)`. A subclass defines `gradient(batch, params)`, which
-    leaves the update gradient in each trainable parameter's .grad; the base SGD step follows."""
+    leaves the update gradient in each trainable parameter's .grad; the base SGD step follows.
 
-    HPARAMS: dict = {}
+    HPARAMS are the only defaults of the hyper-parameters: a class declares its own keys, `defaults()` adds
+    those of its bases; presets and configs override them (`training.algorithms.hparams`)."""
+
+    HPARAMS: dict = {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "head_lr_mult": 1.0,         # the paper recipe trains the head at 10× the backbone's rate
+        "logit_scale": 1.0,          # BCE on sigmoid(logit_scale · logit)
+        "supcon_weight": 0.0,        # two-view supervised-contrastive feature loss (0 = off; paper 0.2)
+    }
+    needs_depth = False              # update() takes (x, y, depth) per domain (RFM)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every hyper-parameter the class accepts with its default: the HPARAMS of its bases, then its own."""
+        out = {}
+        for c in reversed(cls.__mro__):
+            out.update(vars(c).get("HPARAMS", {}))
+        return out
 
     def __init__(self, model: nn.Module, num_domains: int, hparams: dict | None = None):
-        defaults = {**BASE_HPARAMS, **self.HPARAMS}
+        defaults = self.defaults()
         hparams = dict(hparams or {})
         unknown = sorted(set(hparams) - set(defaults))
         if unknown:

@@ -64,6 +64,8 @@ def out_channels(module: nn.Module) -> int | None:
 class RFM(Algorithm):
     """update([(x_i, y_i, depth_i)]) → one RFM step; depth_i [B,H,W] in [0,1] (float) or 0..255 (uint8)."""
 
+    needs_depth = True
+
     HPARAMS = {
         "meta_lr": 1e-3,            # α, the inner step on θ_M
         "meta_test_weight": 1.0,    # w on the meta-test losses

@@ -8,7 +8,6 @@ frames zeros."""
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -120,16 +119,10 @@ def load(root, domain: str, split: str, image_size: int = 64, samples: int | Non
         depth=torch.from_numpy(np.stack(depth)),
         clients=torch.tensor([first + client for _, _, client in frames], dtype=torch.int64),
     )
+    from training.checkpoint import atomic_save
+
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(data._asdict(), tmp)
-            os.replace(tmp, cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
+        atomic_save(data._asdict(), cache_path)
+    except FaslandError:
         pass    # a read-only cache only costs the decoding next time
     return data

@@ -14,7 +14,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -637,18 +636,14 @@ def load(domain: str, split: str, image_size: int = 64, samples: int | None = No
             return DomainData(**torch.load(path, weights_only=True))
         except Exception:
             pass    # a truncated or foreign file: regenerate over it
+    from training.checkpoint import atomic_save
+    from training.errors import FaslandError
+
     data = generate(domain, split, image_size, samples, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(data._asdict(), tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:   # a full or read-only disk: the cache is only a speed-up
-        print(f"fasland: could not cache SynthFAS in '{path.parent}' ({e}); continuing without the cache", file=sys.stderr)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_save(data._asdict(), path)
+    except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
+        print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
     return data
 
 
