@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from landscape.cli import check_positive, probe_flags, set_threads
+from landscape.cli import check_positive, probe_flags, set_threads, warn_unsettled
 from training.errors import FaslandError
 
 
@@ -136,8 +136,10 @@ def _setup(args, checkpoint, command: str):
 
     mpi.on_root(w.comm, load_data)          # rank 0 alone first: it fills the data cache
     mpi.on_every_rank(w.comm, load_data)
+    if w.rank == 0:
+        warn_unsettled(command, probe, model, ckpt.get("metrics"))
     data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": args.data} if args.data else {})},
-                 "max_samples": args.max_samples, "batch_size": args.batch_size,
+                 "max_samples": args.max_samples, "batch_size": args.batch_size, "bn": probe.bn,
                  "sources": list(probe.sources), "target": probe.target,
                  "samples": {d: int(len(y)) for d, (_, y) in probe.domains.items()}}
     return w, device, model, ckpt, probe, data_spec

@@ -59,9 +59,9 @@ def run_surface(args) -> int:
         config = ckpt["config"]
         if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
             raise FaslandError(f"checkpoint '{args.checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
-        return xcoords, ycoords, device, model, config
+        return xcoords, ycoords, device, model, config, ckpt.get("metrics")
 
-    xcoords, ycoords, device, model, config = mpi.on_every_rank(comm, setup)
+    xcoords, ycoords, device, model, config, run_metrics = mpi.on_every_rank(comm, setup)
     data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": args.data} if args.data else {})},
                  "max_samples": args.max_samples}
     probe = None
@@ -80,6 +80,7 @@ def run_surface(args) -> int:
             check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))
         ensure_directions(args, model, recipe, provenance["checkpoint_sha256"], dirs_path)
         probe = load_probe(config, device, args.max_samples, args.batch_size, data=args.data)
+        warn_unsettled("surface", probe, model, run_metrics)
         provenance["data_sha256"] = data_fingerprint(probe)
         return provenance
 
@@ -103,6 +104,17 @@ def run_surface(args) -> int:
             print(f"trajectory on the plane: x in [{px.min():.3g}, {px.max():.3g}], y in [{py.min():.3g}, {py.max():.3g}] "
                   f"(explained variance {100 * store.extra['explained_variance_ratio_'][0]:.1f}% + {100 * store.extra['explained_variance_ratio_'][1]:.1f}%)")
     return 0
+
+
+def warn_unsettled(command: str, probe, model, run_metrics) -> None:
+    """Say so on stderr when θ's BatchNorm running statistics have not settled (training.probe.unsettled_batchnorm)."""
+    import sys
+
+    from training.probe import unsettled_batchnorm
+
+    warning = unsettled_batchnorm(probe, model, run_metrics)
+    if warning:
+        print(f"fasland {command}: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def data_fingerprint(probe) -> str:

@@ -138,3 +138,58 @@ def test_relative_paths_are_stored_resolved_and_work_from_another_folder(tiny, t
     assert r.code == 2
     [sentence] = r.error_lines()
     assert str(here / "fas") in sentence and "--data DIR" in sentence and "synth" not in sentence
+
+
+# ---- 5. BatchNorm mode made visible ------------------------------------------------------------------------
+
+def checkpoint_with(path, sources_hter: float, head_bias: float):
+    """A fresh ResNet18 whose head bias pushes every logit to one side (accuracy = the live share, chance)
+    and whose run metrics claim the given sources HTER."""
+    from reliability_fixtures import ARCH, CONFIG
+    from training.checkpoint import save_checkpoint
+    from training.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ARCH)
+    with torch.no_grad():
+        model.head.bias.fill_(head_bias)
+    final = {"target": {"hter": 0.2, "auc": 0.9}, "sources": {"hter": sources_hter, "auc": 0.95}}
+    save_checkpoint(path, model, ARCH, CONFIG, 1, {"evaluations": [final], "final": final})
+    return path
+
+
+@pytest.mark.parametrize("sources_hter, warns", [(0.1, True), (0.45, False)])
+def test_hessian_warns_when_the_running_statistics_have_not_settled(tmp_path, sources_hter, warns):
+    """Eval-mode accuracy at θ at chance (every logit > 0) while the run reports separated sources: warned;
+    a run that never separated its sources is not. The result records the probe's BatchNorm mode."""
+    ck = checkpoint_with(tmp_path / "c.pt", sources_hter, head_bias=50.0)
+    r = cli(["hessian", "--checkpoint", ck, "--max-samples", "4", "--max-iter", "2", "--threads", "1", "--out", tmp_path / "h.json"])
+    assert r.code == 0, r.err[-2000:]
+    assert ("running statistics have not settled" in r.err) == warns, r.err[-2000:]
+    if warns:
+        assert "fasland hessian: warning: eval-mode accuracy at θ (logit > 0) is at chance" in r.err and "HTER 10.0%" in r.err
+    assert json.loads((tmp_path / "h.json").read_text())["provenance"]["data"]["bn"] == "eval"
+    r = cli(["surface", "--checkpoint", ck, "--x", "-1:1:2", "--max-samples", "4", "--threads", "1", "--out", tmp_path / "s.h5"])
+    assert r.code == 0 and ("fasland surface: warning:" in r.err) == warns, r.err[-2000:]
+
+
+class Sign(torch.nn.Module):
+    """logit = scale · (x − 0.5) + shift on inputs that are the labels themselves."""
+
+    def __init__(self, scale, shift):
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x):
+        return self.scale * (x[:, 0] - 0.5) + self.shift
+
+
+@pytest.mark.parametrize("scale, shift, warns", [(0.0, 5.0, True), (0.0, -5.0, True), (10.0, 0.0, False), (10.0, 4.0, False)])
+def test_at_chance_means_no_better_than_the_majority_class(scale, shift, warns):
+    from training.probe import Probe, unsettled_batchnorm
+
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0])                      # 75% live: always "live" scores 0.75
+    probe = Probe({d: (y[:, None].clone(), y) for d in "ICMO"}, "ICM", "O", channels_last=False)
+    final = {"final": {"sources": {"hter": 0.05}}}
+    assert (unsettled_batchnorm(probe, Sign(scale, shift), final) is not None) == warns
+    assert unsettled_batchnorm(probe, Sign(scale, shift), {"final": None}) is None

@@ -38,7 +38,10 @@ def batch_weights(batches, world=None) -> list[float]:
 class Probe:
     """domains: {name: (x, y)} with x already normalized; sources are averaged into `train_*`,
     the target gives `test_*` plus its HTER and AUC. clients: {name: client id per sample} (CPU), the unit
-    of the bootstrap intervals; {} when unknown."""
+    of the bootstrap intervals; {} when unknown. `bn` names the BatchNorm mode of every metric: eval, θ's
+    running statistics."""
+
+    bn = "eval"
 
     def __init__(self, domains: dict, sources, target=None, batch_size: int = 256, logit_scale: float = 1.0,
                  device="cpu", channels_last: bool = True, clients: dict | None = None):
@@ -108,3 +111,31 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
         domains[name], clients[name] = (normalize(dom.images[idx]), dom.labels[idx]), dom.clients[idx]
     return Probe(domains, sources, target, batch_size=batch_size,
                  logit_scale=hparams("erm", config)["logit_scale"], device=device, clients=clients)
+
+
+
+UNSETTLED_HTER = 0.3    # the run separated its sources at least this well
+
+
+def unsettled_batchnorm(probe: Probe, model: nn.Module, run_metrics) -> str | None:
+    """A warning when eval-mode accuracy at θ (logit > 0) is no better than always guessing the majority class
+    in every source domain while the run's own evaluation (HTER at its equal-error threshold) separated the
+    sources: after few steps BatchNorm's running statistics still lag the weights and shift every logit."""
+    final = (run_metrics or {}).get("final") if isinstance(run_metrics, dict) else None
+    trained = final.get("sources", {}).get("hter") if isinstance(final, dict) and isinstance(final.get("sources"), dict) else None
+    if not isinstance(trained, (int, float)) or not trained <= UNSETTLED_HTER:
+        return None
+    logits = probe.logits(model)
+    acc, chance = {}, {}
+    for d in probe.sources:
+        y = probe.domains[d][1]
+        acc[d] = ((logits[d] > 0).float() == y).float().mean().item()
+        chance[d] = max(y.mean().item(), 1 - y.mean().item())
+    if any(acc[d] > chance[d] + 0.02 for d in probe.sources):
+        return None
+    return (f"eval-mode accuracy at θ (logit > 0) is at chance in every source domain "
+            f"({', '.join(f'{d} {acc[d]:.2f}' for d in probe.sources)}) while the run's own evaluation reached sources "
+            f"HTER {100 * trained:.1f}% (at its equal-error threshold): BatchNorm's running statistics have not settled "
+            f"(too few training steps), so losses and accuracies here describe eval mode, not training; train longer, "
+            f"or read HTER/AUC")
+
