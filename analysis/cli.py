@@ -408,10 +408,11 @@ def main(argv=None) -> int:
     from landscape import cli as landscape_cli
     from landscape.exports import cli as export_cli
     from training import cli as training_cli
+    from training import imports
 
     parser = argparse.ArgumentParser(prog="fasland", description="Loss landscapes, sharpness and gradient conflict for cross-domain face anti-spoofing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training_cli, landscape_cli, export_cli, sys.modules[__name__], study):
+    for module in (training_cli, imports, landscape_cli, export_cli, sys.modules[__name__], study):
         module.register(sub)
     args = parser.parse_args(argv)
     keep_freed_memory()

@@ -5,9 +5,15 @@ The loss is L(θ) = Σ_b n_b L_b(θ) / Σ_b n_b over the batches b = (x_b, y_b) 
 `loss_fn(model(x_b), y_b)`), i.e. the loss of their union, with the model in eval mode so BatchNorm uses
 its running statistics and H = ∇²L(θ) is one fixed symmetric matrix over the trainable parameters.
 
-- `hessian_eigenvalues`: Lanczos with full reorthogonalization (Ritz values of the tridiagonal T from
-  scipy's eigh_tridiagonal), or power iteration with deflation as PyHessian does.
-- `hessian_trace`: Hutchinson, tr H ≈ mean of vᵀHv over Rademacher v, with its standard error.
+- `hessian_eigenvalues`: the largest or smallest eigenvalues by Lanczos with full reorthogonalization
+  (Ritz values of the tridiagonal T from scipy's eigh_tridiagonal), or power iteration with deflation as
+  PyHessian does; each value with its health (error bound, converged, products).
+- `hessian_trace`: Hutch++ (default) or Hutchinson, tr H ≈ mean of vᵀHv over Rademacher v, with its
+  standard error.
+- `block_sharpness`: λ_max and trace of each diagonal block H_BB (a block = one top-level submodule).
+- `sampling_uncertainty`: λ's and the trace on disjoint subsets of the samples, and at growing sample counts.
+- `curvature`, `hessian_directions`: λ_max/λ_min at a surface point, and surface directions along the
+  top eigenvectors.
 - `hessian_density`: stochastic Lanczos quadrature as PyHessian's `density`: per run the eigenvalues θ_j
   of T and weights τ_j = (first component of T's j-th eigenvector)², and their Gaussian-broadened mixture.
 
@@ -49,14 +55,18 @@ class Hessian:
     ResNet18) but holds the graph of all batches in memory, about 150× the input's bytes on a ResNet18.
     Default: when the data holds at most KEEP_GRAPH_ELEMENTS input numbers (≈1.3 GB of graph).
     world: an analysis.mpi_reduce.World whose ranks each pass their own shard of the batches.
+    params: names of the parameters H is taken over (default: every trainable one); a subset gives the
+    diagonal block H_BB = ∂²L/∂θ_B² with the other parameters held fixed.
     """
 
-    def __init__(self, model, loss_fn, data, hvp: str = DEFAULT_HVP, world=None, keep_graph: bool | None = None):
+    def __init__(self, model, loss_fn, data, hvp: str = DEFAULT_HVP, world=None, keep_graph: bool | None = None,
+                 params: list[str] | None = None):
         if hvp not in HVP_METHODS:
             raise FaslandError(f"unknown Hessian-vector product '{hvp}'; use one of {', '.join(HVP_METHODS)}")
         self.model, self.loss_fn, self.data, self.world = model, loss_fn, list(data), world
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        chosen = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (params is None or n in params)]
+        self.names = [n for n, _ in chosen]
+        self.params = [p for _, p in chosen]
         if not self.params:
             raise FaslandError("the model has no trainable parameters; the Hessian needs parameters with requires_grad=True")
         self.numels = [p.numel() for p in self.params]
@@ -184,8 +194,9 @@ class Hessian:
 
     def _forward_over_reverse(self, x, y, vs):
         """d/dt ∇L_b(θ + t v) at t = 0: torch.func.jvp of torch.func.grad over functional_call."""
+        mine = set(self.names)
         fixed = {**dict(self.model.named_buffers()),
-                 **{n: p for n, p in self.model.named_parameters() if not p.requires_grad}}
+                 **{n: p.detach() for n, p in self.model.named_parameters() if n not in mine}}
 
         def loss_at(params):
             return self.loss_fn(functional_call(self.model, {**fixed, **dict(zip(self.names, params))}, (x,)), y)
@@ -254,20 +265,27 @@ class _Basis:
         return norm
 
 
-def lanczos(H: Hessian, v0: torch.Tensor, steps: int, stop=None):
+class Krylov(NamedTuple):
+    alpha: np.ndarray      # T's diagonal (m), float64
+    beta: np.ndarray       # T's off-diagonal (m − 1)
+    residual: float        # β_m = ‖r_m‖: every Ritz pair's residual is β_m |s_{m,i}|
+    basis: "_Basis"        # the orthonormal Lanczos vectors V (rows)
+
+
+def krylov(H: Hessian, v0: torch.Tensor, steps: int, stop=None) -> Krylov:
     """Lanczos tridiagonalization T = Vᵀ H V, V orthonormal with V e_1 = v0/‖v0‖, fully reorthogonalized.
 
-    Returns (alpha, beta): T's diagonal (m) and off-diagonal (m−1), float64. Stops after `steps`, when the
-    Krylov space is invariant (β ≈ 0: T's eigenvalues are then exact eigenvalues of H), or when
-    `stop(alpha, beta, beta_next)` is true — beta_next = ‖r_m‖, the residual scale of every Ritz pair.
-    Each step builds v_{j+1} in place in its storage: H v_j − α_j v_j, orthogonalized against all of V.
+    Stops after `steps`, when the Krylov space is invariant (β ≈ 0: T's eigenvalues are then exact
+    eigenvalues of H), or when `stop(alpha, beta, beta_next)` is true — beta_next = ‖r_m‖, the residual
+    scale of every Ritz pair. Each step builds v_{j+1} in place in its storage: H v_j − α_j v_j,
+    orthogonalized against all of V.
     """
     steps = min(steps, H.dim)
     basis = _Basis(H)
     v = basis.append(v0)
     v.div_(H.norm(v))
     alpha, beta = [], []
-    scale = 0.0
+    scale, b = 0.0, 0.0
     for j in range(steps):
         w = H(v, out=basis.slot())
         a = H.dot(w, v)
@@ -275,12 +293,20 @@ def lanczos(H: Hessian, v0: torch.Tensor, steps: int, stop=None):
         b = basis.orthogonalize_(w.sub_(v, alpha=a))
         scale = max(scale, abs(a) + b + (beta[-1] if beta else 0.0))
         invariant = b <= 100 * torch.finfo(H.dtype).eps * max(scale, 1e-300)   # the products' precision
+        if invariant:
+            b = 0.0
         done = H.agree(invariant or j + 1 == steps or (stop is not None and stop(alpha, beta, b)))
         if done:
             break
         beta.append(b)
         v = basis.keep().div_(b)
-    return np.array(alpha, dtype=np.float64), np.array(beta, dtype=np.float64)
+    return Krylov(np.array(alpha, dtype=np.float64), np.array(beta, dtype=np.float64), float(b), basis)
+
+
+def lanczos(H: Hessian, v0: torch.Tensor, steps: int, stop=None):
+    """(alpha, beta) of `krylov`: T's diagonal and off-diagonal."""
+    k = krylov(H, v0, steps, stop)
+    return k.alpha, k.beta
 
 
 def ritz_values(alpha, beta) -> np.ndarray:
@@ -290,23 +316,47 @@ def ritz_values(alpha, beta) -> np.ndarray:
     return eigh_tridiagonal(alpha, beta, eigvals_only=True)
 
 
-def _top_converged(top_k: int, tol: float):
-    """Stop rule for the top-k Ritz values θ_i: the error bound min(r_i, r_i²/gap_i) ≤ tol·|θ_i|, where
-    r_i = β_m |s_{m,i}| is the Ritz pair's residual norm and gap_i the distance to the nearest other
-    Ritz value (the Kahan–Parlett–Jiang bound: for an isolated eigenvalue the error is quadratic in r)."""
+def ritz_pairs(alpha, beta, residual: float):
+    """T = S diag(θ) Sᵀ (θ ascending) and, per Ritz value, its residual r_i = β_m |s_{m,i}| = ‖H y_i − θ_i y_i‖
+    and error bound min(r_i, r_i²/gap_i), gap_i the distance to the nearest other Ritz value (the
+    Kahan–Parlett–Jiang bound: for an isolated eigenvalue the error is quadratic in r)."""
+    if len(alpha) == 1:
+        theta, S = np.array(alpha, dtype=np.float64), np.ones((1, 1))
+    else:
+        theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta))
+    r = np.abs(residual * S[-1])
+    gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) if len(theta) > 1 else np.inf
+                     for i in range(len(theta))])
+    err = np.minimum(r, np.where(gaps > 0, r * r / np.maximum(gaps, 1e-300), np.inf))
+    return theta, S, r, err
+
+
+WHICH = ("largest", "smallest")
+
+
+def ends(m: int, k: int, which: str) -> np.ndarray:
+    """Indices into m ascending Ritz values of the k wanted: largest first (descending) or smallest first."""
+    return np.arange(m - 1, m - 1 - k, -1) if which == "largest" else np.arange(k)
+
+
+def _converged(k: int, tol: float, which: str = "largest", residual: bool = False):
+    """Stop rule for the k wanted Ritz values θ_i: err_i ≤ tol·|θ_i| with err_i the error bound of
+    `ritz_pairs` (or the residual ‖H y_i − θ_i y_i‖ itself when the eigenvectors are wanted)."""
 
     def stop(alpha, beta, b):
         m = len(alpha)
-        if m < top_k + 1:
+        if m < k + 1:
             return False
-        theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta))
-        top = np.arange(m - 1, m - 1 - top_k, -1)
-        r = np.abs(b * S[-1, top])
-        gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in top])
-        err = np.minimum(r, np.where(gaps > 0, r * r / np.maximum(gaps, 1e-300), np.inf))
-        return bool(np.all(err <= tol * np.abs(theta[top])))
+        theta, _, r, err = ritz_pairs(alpha, beta, b)
+        idx = ends(m, k, which)
+        return bool(np.all((r if residual else err)[idx] <= tol * np.abs(theta[idx])))
 
     return stop
+
+
+def _top_converged(top_k: int, tol: float):
+    """The stop rule of the top_k largest Ritz values (see `_converged`)."""
+    return _converged(top_k, tol, "largest")
 
 
 def lanczos_start(H: Hessian, generator: torch.Generator) -> torch.Tensor:
@@ -321,32 +371,89 @@ def lanczos_start(H: Hessian, generator: torch.Generator) -> torch.Tensor:
     return v.add_(g, alpha=1 / gn) if math.isfinite(gn) and gn > 0 else v
 
 
+class Eigenvalues(list):
+    """Eigenvalues (floats, in the order asked for) with their health, one entry per value: `error` the
+    final error bound, `converged` whether it met the tolerance (False: stopped at max_iter), `products` the
+    Hessian-vector products spent on it; `vectors` the unit eigenvectors (flat, padded) when asked for."""
+
+    def __init__(self, values, error, converged, products, vectors=None):
+        super().__init__(float(v) for v in values)
+        self.error = [float(e) for e in error]
+        self.converged = [bool(c) for c in converged]
+        self.products = [int(p) for p in products]
+        self.vectors = vectors
+
+    def health(self) -> list[dict]:
+        return [{"value": v, "error": e, "converged": c, "products": p}
+                for v, e, c, p in zip(self, self.error, self.converged, self.products)]
+
+
+def determined(value: float, error: float) -> bool:
+    """A value is determined when its error bound is below its size."""
+    return math.isfinite(value) and math.isfinite(error) and abs(error) < abs(value)
+
+
+def with_error(value: float, error: float, digits: int = 6) -> str:
+    """'v ± e', or 'undetermined (v ± e)' when the error is at least the value itself."""
+    text = f"{value:.{digits}g} ± {error:.2g}"
+    return text if determined(value, error) else f"undetermined ({text})"
+
+
+def lanczos_eigenvalues(H: Hessian, k: int, tol: float, seed: int = 0, max_iter: int = 300, start: str = "gradient",
+                        which: str = "largest", vectors: bool = False) -> Eigenvalues:
+    """The k largest (descending) or smallest (ascending) eigenvalues of H by Lanczos, stopped once each
+    has error bound ≤ tol·|θ| (with `vectors`: residual ‖Hy − θy‖ ≤ tol·|θ|, and the Ritz vectors y = V s)."""
+    if which not in WHICH:
+        raise FaslandError(f"unknown end of the spectrum '{which}'; use largest or smallest")
+    if start not in ("gradient", "random"):
+        raise FaslandError(f"unknown Lanczos start '{start}'; use gradient or random")
+    g = torch.Generator().manual_seed(seed)
+    v0 = lanczos_start(H, g) if start == "gradient" else H.random(g)
+    before = H.calls
+    run = krylov(H, v0, max(max_iter, k + 1), _converged(k, tol, which, residual=vectors))
+    theta, S, r, err = ritz_pairs(run.alpha, run.beta, run.residual)
+    idx = ends(len(theta), min(k, len(theta)), which)
+    bound = r if vectors else err
+    found = None
+    if vectors:
+        rows = [row for block in run.basis.blocks for row in block][:len(theta)]
+        found = []
+        for i in idx:
+            y = H.new()
+            for row, s in zip(rows, S[:, i]):
+                y.add_(row, alpha=float(s))
+            found.append(y.div_(H.norm(y)))
+    products = H.calls - before
+    return Eigenvalues(theta[idx], bound[idx], bound[idx] <= tol * np.abs(theta[idx]), [products] * len(idx), found)
+
+
 def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
-                    max_iter: int = 300, start: str = "gradient") -> list[float]:
-    """The top_k eigenvalues of the operator H, descending (see `hessian_eigenvalues`)."""
+                    max_iter: int = 300, start: str = "gradient", which: str = "largest", vectors: bool = False) -> Eigenvalues:
+    """The top_k eigenvalues of the operator H, descending, or with which="smallest" the smallest,
+    ascending (see `hessian_eigenvalues`)."""
     if top_k < 1 or top_k > H.dim:
-        raise FaslandError(f"--top-k {top_k} must be between 1 and the number of parameters ({H.dim})")
+        flag = "--top-k" if which == "largest" else "--bottom-k"
+        raise FaslandError(f"{flag} {top_k} must be between 1 and the number of parameters ({H.dim})")
     if not tol > 0:
         raise FaslandError(f"--tol {tol} must be positive; pass e.g. --tol 1e-4")
-    g = torch.Generator().manual_seed(seed)
     if method == "lanczos":
-        if start not in ("gradient", "random"):
-            raise FaslandError(f"unknown Lanczos start '{start}'; use gradient or random")
-        v0 = lanczos_start(H, g) if start == "gradient" else H.random(g)
-        alpha, beta = lanczos(H, v0, max(max_iter, top_k + 1), _top_converged(top_k, tol))
-        return [float(t) for t in ritz_values(alpha, beta)[::-1][:top_k]]
+        return lanczos_eigenvalues(H, top_k, tol, seed, max_iter, start, which, vectors)
     if method == "power":
-        return power_iteration(H, top_k, tol, g, max_iter)
+        if which != "largest" or vectors:
+            raise FaslandError("power iteration gives the largest eigenvalues only; use the lanczos solver for the smallest or for eigenvectors")
+        return power_iteration(H, top_k, tol, torch.Generator().manual_seed(seed), max_iter)
     raise FaslandError(f"unknown eigenvalue method '{method}'; use lanczos or power")
 
 
-def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = 300) -> list[float]:
+def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = 300) -> Eigenvalues:
     """PyHessian's method: for each i, iterate v ← Hv/‖Hv‖ on the complement of the eigenvectors found so
-    far, λ = vᵀHv, until |Δλ| / (|λ| + 1e-6) < tol. Finds the eigenvalues largest in magnitude."""
-    values, vectors = [], []
+    far, λ = vᵀHv, until |Δλ| / (|λ| + 1e-6) < tol. Finds the eigenvalues largest in magnitude; the error
+    reported is the last |Δλ|."""
+    found = []   # (λ, |Δλ|, converged, products)
+    vectors = []
     for _ in range(top_k):
         v = H.random(generator)
-        lam = None
+        lam, change, done, before = None, math.inf, False, H.calls
         for _ in range(max_iter):
             for u in vectors:
                 v.sub_(u, alpha=H.dot(u, v))
@@ -354,33 +461,95 @@ def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generat
             hv = H(v)
             new = H.dot(hv, v)
             v = hv.div_(H.norm(hv))
-            done = H.agree(lam is not None and abs(new - lam) / (abs(lam) + 1e-6) < tol)
+            if lam is not None:
+                change = abs(new - lam)
+            done = H.agree(lam is not None and change / (abs(lam) + 1e-6) < tol)
             lam = new
             if done:
                 break
-        values.append(lam)
+        found.append((lam, change, done, H.calls - before))
         vectors.append(v)
-    return sorted(values, reverse=True)
+    found.sort(key=lambda f: f[0], reverse=True)
+    return Eigenvalues(*zip(*found))
 
 
 def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
                         max_iter: int = 300, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
-                        world=None, progress=None) -> list[float]:
-    """The top_k eigenvalues of ∇²L(θ), descending.
+                        world=None, progress=None, which: str = "largest", vectors: bool = False) -> Eigenvalues:
+    """The top_k largest eigenvalues of ∇²L(θ), descending — or with which="smallest" the top_k smallest,
+    ascending (the most negative first) — each with its health (`Eigenvalues`).
 
-    method "lanczos": algebraically largest Ritz values, stopped once each has relative error bound ≤ tol;
-    started from the gradient plus a seeded random vector (start="gradient") or a random vector alone.
+    method "lanczos": extreme Ritz values, stopped once each has relative error bound ≤ tol; started from
+    the gradient plus a seeded random vector (start="gradient") or a random vector alone; `vectors` also
+    returns the unit eigenvectors (stopped on the residual ‖Hv − λv‖ ≤ tol·|λ| instead).
     method "power": PyHessian's power iteration with deflation (largest in magnitude, relative change < tol).
     """
     H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
     H.progress = progress
-    return top_eigenvalues(H, top_k, tol, method, seed, max_iter, start)
+    return top_eigenvalues(H, top_k, tol, method, seed, max_iter, start, which, vectors)
+
+
+def extreme_eigenvalues(H: Hessian, tol: float = 1e-2, max_iter: int = 30, seed: int = 0) -> Eigenvalues:
+    """[λ_max, λ_min] of H from one Lanczos run (gradient + random start), stopped once both error bounds
+    are ≤ tol·max(|λ_max|, |λ_min|) (the spectrum's scale: λ_min may be ~0) or after max_iter products."""
+    g = torch.Generator().manual_seed(seed)
+    before = H.calls
+
+    def stop(alpha, beta, b):
+        if len(alpha) < 3:
+            return False
+        theta, _, _, err = ritz_pairs(alpha, beta, b)
+        return bool(max(err[0], err[-1]) <= tol * max(abs(theta[0]), abs(theta[-1])))
+
+    run = krylov(H, lanczos_start(H, g), max(max_iter, 2), stop)
+    theta, _, _, err = ritz_pairs(run.alpha, run.beta, run.residual)
+    scale = max(abs(theta[0]), abs(theta[-1]))
+    pick = [len(theta) - 1, 0]
+    return Eigenvalues(theta[pick], err[pick], err[pick] <= tol * scale, [H.calls - before] * 2)
+
+
+CURVATURE = ("lambda_max", "lambda_min", "convexity_ratio")
+
+
+def curvature(model, loss_fn, data, tol: float = 1e-2, max_iter: int = 30, seed: int = 0, hvp: str = DEFAULT_HVP) -> dict:
+    """λ_max, λ_min of ∇²L at the model's current weights and |λ_min/λ_max| (the reference's convexity
+    map), plus `curvature_converged` (1 when both met tol) and `curvature_products`."""
+    H = Hessian(model, loss_fn, data, hvp, keep_graph=False)
+    e = extreme_eigenvalues(H, tol, max_iter, seed)
+    lam_max, lam_min = e
+    return {"lambda_max": lam_max, "lambda_min": lam_min,
+            "convexity_ratio": abs(lam_min / lam_max) if lam_max != 0 else math.inf,
+            "curvature_converged": float(all(e.converged)), "curvature_products": float(e.products[0])}
+
+
+def curvature_measure(loss_fn, data, tol: float = 1e-2, max_iter: int = 30, seed: int = 0):
+    """`curvature` of a model on fixed data, as a surface measure (model → {name: float})."""
+    return lambda model: curvature(model, loss_fn, data, tol, max_iter, seed)
+
+
+def hessian_directions(model, loss_fn, data, norm: str = "filter", ignore: str = "biasbn", tol: float = 1e-3,
+                       seed: int = 0, max_iter: int = 300, ndim: int = 2, hvp: str = DEFAULT_HVP, world=None,
+                       progress=None):
+    """Surface directions along the top Hessian eigenvectors: x = v₁, y = v₂ (ndim = 2), each a unit
+    eigenvector with ‖Hv − λv‖ ≤ tol·|λ| cut into the model's parameter shapes (parameters that are not
+    trainable get 0), then normalized against θ like a random direction (landscape.directions); the
+    eigenvalues and their health go into the recipe."""
+    from landscape.directions import eigenvector_directions
+
+    H = Hessian(model, loss_fn, data, hvp, world)
+    H.progress = progress
+    e = top_eigenvalues(H, ndim, tol, seed=seed, max_iter=max_iter, vectors=True)
+    vectors = [[dict(zip(H.names, H.split(v))).get(n) for n, _ in model.named_parameters()] for v in e.vectors]
+    return eigenvector_directions(model, vectors, list(e), norm, ignore, e.health())
 
 
 class Trace(NamedTuple):
     mean: float       # estimate of tr H
     stderr: float     # standard error of the mean (0 for the exact trace)
-    samples: list     # vᵀHv per probe vector (H_ii per basis vector for the exact trace)
+    samples: list     # vᵀHv per probe vector (H_ii per basis vector; Hutch++: the residual part's samples)
+    method: str = "hutchinson"
+    products: int = 0     # Hessian-vector products spent
+    low_rank: float = 0.0  # Hutch++: tr(QᵀHQ), the exact part on the sketched subspace
 
 
 def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
@@ -388,14 +557,50 @@ def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: in
     if n_samples < 2:
         raise FaslandError(f"the trace needs at least 2 Hutchinson samples to give a standard error, not {n_samples}")
     g = torch.Generator().manual_seed(seed)
-    samples = []
+    samples, before = [], H.calls
     for i in range(n_samples):
         v = H.random(g, "rademacher")
         samples.append(H.dot(v, H(v)))
         mean, se = _mean_stderr(samples)
         if H.agree(i + 1 >= min_samples and se <= tol * abs(mean)):
             break
-    return Trace(*_mean_stderr(samples), samples)
+    return Trace(*_mean_stderr(samples), samples, "hutchinson", H.calls - before)
+
+
+def hutchpp(H: Hessian, n_products: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
+    """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): with k = n_products/3 Gaussian vectors S, Q = orth(HS);
+    tr H = tr(QᵀHQ) + tr((I − QQᵀ) H (I − QQᵀ)), the first exact (k products), the second by Hutchinson
+    on the deflated Rademacher vectors (I − QQᵀ)g (the remaining products, stopped early once its
+    stderr ≤ tol·|tr|).
+    The standard error is the residual Hutchinson part's, given Q: the sketched part has no variance then.
+    For a spectrum with a few large eigenvalues (a trained network's) the residual's variance is far
+    below H's, so Hutch++ reaches Hutchinson's error with fewer products."""
+    k = n_products // 3
+    if k < 1 or n_products - 2 * k < 2:
+        raise FaslandError(f"Hutch++ needs at least 4 Hessian-vector products (a sketch and 2 residual samples), not {n_products}")
+    g = torch.Generator().manual_seed(seed)
+    before = H.calls
+    Q = _Basis(H)
+    for _ in range(min(k, H.dim)):
+        w = H(H.random(g), out=Q.slot())        # Gaussian: a square Rademacher sketch can be singular
+        scale = H.norm(w)
+        norm = Q.orthogonalize_(w)
+        if norm > math.sqrt(torch.finfo(H.dtype).eps) * max(scale, 1e-300):   # else left to the residual part:
+            Q.keep().div_(norm)                     # a vector cancelled further is not reliably orthogonal
+    rows = [row for block in Q.blocks for row in block][:Q.n]
+    low_rank = sum(H.dot(q, H(q)) for q in rows)
+    samples = []
+    full = Q.n >= H.dim      # Q spans everything: the residual is zero
+    for i in range(n_products - 2 * k):
+        v = Q.slot()
+        v.copy_(H.random(g, "rademacher"))
+        Q.orthogonalize_(v)
+        samples.append(0.0 if full else H.dot(v, H(v)))
+        mean, se = _mean_stderr(samples)
+        if H.agree(i + 1 >= min_samples and se <= tol * abs(low_rank + mean)):
+            break
+    mean, se = _mean_stderr(samples)
+    return Trace(low_rank + mean, se, samples, "hutch++", H.calls - before, low_rank)
 
 
 def _mean_stderr(samples):
@@ -406,20 +611,32 @@ def _mean_stderr(samples):
 def exact_trace(H: Hessian) -> Trace:
     """Σ_i e_iᵀ H e_i over every basis vector (dim HVPs: small models only)."""
     diag = [H(H.basis_vector(i))[i].item() for i in range(H.dim)]
-    return Trace(float(np.sum(diag)), 0.0, diag)
+    return Trace(float(np.sum(diag)), 0.0, diag, "exact", H.dim)
 
 
-def hessian_trace(model, loss_fn, data, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutchinson",
-                  hvp: str = DEFAULT_HVP, keep_graph: bool | None = None, world=None, progress=None) -> Trace:
-    """tr ∇²L(θ) as Trace(mean, stderr, samples): Hutchinson's estimator (method "hutchinson"), or exactly
-    from every basis vector (method "exact", one HVP per parameter)."""
-    H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
-    H.progress = progress
+TRACE_METHODS = ("hutch++", "hutchinson", "exact")
+
+
+def trace(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutch++") -> Trace:
+    """tr H by `method` with at most n_samples products (see `hessian_trace`)."""
     if method == "exact":
         return exact_trace(H)
-    if method != "hutchinson":
-        raise FaslandError(f"unknown trace method '{method}'; use hutchinson or exact")
-    return trace_estimate(H, n_samples, tol, seed)
+    if method == "hutchinson":
+        return trace_estimate(H, n_samples, tol, seed)
+    if method == "hutch++":
+        return hutchpp(H, n_samples, tol, seed)
+    raise FaslandError(f"unknown trace method '{method}'; use one of {', '.join(TRACE_METHODS)}")
+
+
+def hessian_trace(model, loss_fn, data, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutch++",
+                  hvp: str = DEFAULT_HVP, keep_graph: bool | None = None, world=None, progress=None) -> Trace:
+    """tr ∇²L(θ) as Trace(mean, stderr, samples, …) from at most n_samples Hessian-vector products:
+    Hutch++ (default; fewer products for the same standard error on a trained network), Hutchinson's
+    estimator (method "hutchinson"), or exactly from every basis vector (method "exact", one HVP per
+    parameter)."""
+    H = Hessian(model, loss_fn, data, hvp, world, keep_graph)
+    H.progress = progress
+    return trace(H, n_samples, tol, seed, method)
 
 
 class Density(NamedTuple):
@@ -475,3 +692,121 @@ def hessian_density(model, loss_fn, data, n_iter: int = 100, n_runs: int = 1, se
     nodes, weights = slq(H, n_iter, n_runs, seed)
     grid, density, sigma = broaden(nodes, weights, grid_size, sigma, sigma_rel)
     return Density(nodes, weights, grid, density, sigma)
+
+
+# ---- per-block sharpness and sampling uncertainty ----------------------------------------------------
+
+def parameter_blocks(model, blocks=None) -> dict[str, list[str]]:
+    """{block: names of its trainable parameters}. Default: one block per top-level child module that has
+    trainable parameters (stem, layer1…layer4, head for FASNet), plus "(root)" for the root's own.
+    `blocks`: a list of submodule names (each block the parameters under that prefix) or a dict
+    {block: [parameter names]}."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(blocks, dict):
+        out = {b: list(ps) for b, ps in blocks.items()}
+        unknown = [p for ps in out.values() for p in ps if p not in names]
+        if unknown:
+            raise FaslandError(f"block parameter '{unknown[0]}' is not a trainable parameter of the model; name parameters as model.named_parameters() does")
+        return out
+    if blocks is None:
+        out = {}
+        for n in names:
+            out.setdefault(n.split(".", 1)[0] if "." in n else "(root)", []).append(n)
+        return out
+    out = {b: [n for n in names if n == b or n.startswith(b + ".")] for b in blocks}
+    empty = [b for b, ps in out.items() if not ps]
+    if empty:
+        raise FaslandError(f"block '{empty[0]}' holds no trainable parameter; name submodules of the model such as "
+                           f"{', '.join(parameter_blocks(model))}")
+    return out
+
+
+def block_sharpness(model, loss_fn, data, blocks=None, tol: float = 1e-3, seed: int = 0, trace_samples: int = 30,
+                    trace_method: str = "hutch++", max_iter: int = 100, hvp: str = DEFAULT_HVP, world=None,
+                    progress=None) -> dict:
+    """{block: {"lambda_max", "trace", "trace_stderr", "parameters", "health"}} for the Hessian restricted to
+    each block's parameters, H_BB = ∂²L/∂θ_B² (the others held at θ): λ_max by Lanczos to tol (with its
+    error bound, converged flag and products in `health`), tr H_BB by `trace_method` from trace_samples
+    products. Blocks as `parameter_blocks`."""
+    out = {}
+    for name, params in parameter_blocks(model, blocks).items():
+        H = Hessian(model, loss_fn, data, hvp, world, params=params)
+        H.progress = progress
+        e = top_eigenvalues(H, 1, tol, seed=seed, max_iter=max_iter)
+        t = trace(H, trace_samples, 0.0, seed, trace_method)
+        out[name] = {"lambda_max": e[0], "trace": t.mean, "trace_stderr": t.stderr, "parameters": H.dim,
+                     "health": {**e.health()[0], "trace_products": t.products}}
+    return out
+
+
+def samples_of(data) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All samples of a list of (x, y) batches, concatenated, and the largest batch size."""
+    if not data:
+        raise FaslandError("the data for the Hessian holds no samples; pass a probe with at least one image per domain")
+    return torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]), max(len(y) for _, y in data)
+
+
+def rebatch(x, y, index, batch_size: int) -> list:
+    return [(x[index[i:i + batch_size]], y[index[i:i + batch_size]]) for i in range(0, len(index), batch_size)]
+
+
+def disjoint_subsets(data, n_subsets: int, seed: int = 0) -> list[list]:
+    """The samples in a seeded random order, dealt into n_subsets disjoint subsets of (nearly) equal size,
+    each re-batched at the data's batch size."""
+    x, y, bs = samples_of(data)
+    if not 2 <= n_subsets <= len(y):
+        raise FaslandError(f"--sample-batches {n_subsets} must be between 2 and the number of probe samples ({len(y)})")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    return [rebatch(x, y, order[b::n_subsets], bs) for b in range(n_subsets)]
+
+
+def growing_counts(n: int) -> list[int]:
+    """1, 2, 4, … (powers of two below n), then n."""
+    counts = [2 ** j for j in range(max(n - 1, 1).bit_length()) if 2 ** j < n]
+    return counts + [n]
+
+
+def spread(values) -> dict:
+    """The per-subset values with analysis.intervals.subset_interval: mean, std (ddof 1), n and the central
+    95% interval of the values (the spread of an estimate made on one subset's worth of samples)."""
+    from analysis.intervals import subset_interval
+
+    return {"values": [float(v) for v in values], **subset_interval(values)}
+
+
+def sampling_uncertainty(model, loss_fn, data, n_subsets: int = 4, top_k: int = 1, with_trace: bool = False,
+                         tol: float = 1e-3, seed: int = 0, trace_samples: int = 30, trace_method: str = "hutch++",
+                         max_iter: int = 300, growth: bool = True, hvp: str = DEFAULT_HVP, world=None, progress=None) -> dict:
+    """How much λ_1…λ_k (and tr H) depend on the sample: their values on n_subsets disjoint random subsets
+    of the samples with `spread` (mean, std, central 95% interval), and λ_max (and the trace) on the first n samples
+    of one seeded order for n = 1, 2, 4, … up to all of them (nested sets: the curve shows whether the
+    estimate has settled). Under MPI each rank deals its own shard."""
+
+    def measure(batches):
+        H = Hessian(model, loss_fn, batches, hvp, world)
+        H.progress = progress
+        e = top_eigenvalues(H, top_k, tol, seed=seed, max_iter=max_iter)
+        r = {"eigenvalues": list(e), "health": e.health()}
+        if with_trace:
+            t = trace(H, trace_samples, 0.0, seed, trace_method)
+            r["trace"], r["trace_stderr"] = t.mean, t.stderr
+        return r
+
+    parts = disjoint_subsets(data, n_subsets, seed)
+    subsets = [measure(b) for b in parts]
+    out = {"subsets": n_subsets, "samples": [sum(len(y) for _, y in b) for b in parts],
+           "eigenvalues": [spread([s["eigenvalues"][i] for s in subsets]) for i in range(top_k)],
+           "health": [s["health"] for s in subsets]}
+    out["lambda_max"] = out["eigenvalues"][0]
+    if with_trace:
+        out["trace"] = spread([s["trace"] for s in subsets])
+    if growth:
+        x, y, bs = samples_of(data)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        total = len(y) if world is None else int(world.sum_scalar(len(y)))
+        out["growth"] = []
+        for n in growing_counts(total):
+            r = measure(rebatch(x, y, order[:max(1, round(n * len(y) / total))], bs))
+            out["growth"].append({"samples": n, "lambda_max": r["eigenvalues"][0], "converged": r["health"][0]["converged"],
+                                  **({"trace": r["trace"], "trace_stderr": r["trace_stderr"]} if with_trace else {})})
+    return out

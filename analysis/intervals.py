@@ -106,7 +106,7 @@ def conflict_interval(model, probe, subsets: int = 4, n_boot: int = 1000, seed: 
             idx_t = torch.as_tensor(idx, device=x.device)
             xs, ys = x[idx_t], y[idx_t]
             bs = probe.batch_size
-            grads.append(loss_gradient(model, probe.loss_fn, [(xs[a:a + bs], ys[a:a + bs]) for a in range(0, len(xs), bs)]))
+            grads.append(loss_gradient(model, probe.loss_fn, [(probe.inputs(xs[a:a + bs]), ys[a:a + bs]) for a in range(0, len(xs), bs)]))
             row.append(len(idx))
         sizes.append(row)
     S = torch.stack(grads).double()

@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
+    p.add_argument("--seeds", default=None, metavar="S[,S...]",
+                   help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
+                        "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -57,11 +60,34 @@ def run_study(args) -> int:
         if p not in PROTOCOLS:
             raise FaslandError(f"unknown protocol '{p}'; use one of {', '.join(PROTOCOLS)} or 'all'")
     settings = parse_sizes(args.sizes, SETTINGS[args.preset])
+    seeds = parse_seeds(args.seeds)
     out = Path(args.out)
     started = time.time()
-    reports = [Study(p, methods, args.preset, settings, out / p if len(protocols) > 1 else out, args).run() for p in protocols]
+    reports = []
+    for p in protocols:
+        where = out / p if len(protocols) > 1 else out
+        if len(seeds) == 1:
+            reports.append(Study(p, methods, args.preset, settings, where, args, seeds[0]).run())
+        else:
+            studies = [Study(p, methods, args.preset, settings, where / f"seed_{s}", args, s) for s in seeds]
+            for st in studies:
+                st.run()
+            reports.append(seeds_report(studies, where))
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0
+
+
+def parse_seeds(spec: str | None) -> list:
+    """`--seeds 0,1,2` → [0, 1, 2]; None → [None] (the preset's seed)."""
+    if spec is None:
+        return [None]
+    try:
+        seeds = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise FaslandError(f"--seeds {spec} is not a list of whole numbers; pass e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise FaslandError(f"--seeds {spec} needs distinct non-negative seeds; pass e.g. --seeds 0,1,2")
+    return seeds
 
 
 def parse_sizes(spec: str | None, preset: dict) -> dict:
@@ -99,15 +125,17 @@ def cli(argv: list[str]) -> None:
 class Study:
     """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
 
-    def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, args):
+    def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, args, seed: int | None = None):
         self.protocol, self.methods, self.preset, self.s, self.out, self.args = protocol, methods, preset, settings, out, args
+        self.seed = seed      # the training seed (None: the preset's)
         self.device_flags = ["--device", args.device] + (["--threads", args.threads] if args.threads else [])
         self.views = out / "views"
         self.step = 0
 
     def say(self, what: str) -> None:
         self.step += 1
-        print(f"\n[{self.protocol} {self.step}] {what}", flush=True)
+        seed = "" if self.seed is None else f" seed {self.seed}"
+        print(f"\n[{self.protocol}{seed} {self.step}] {what}", flush=True)
 
     def run_dir(self, m: str) -> Path:
         return self.out / m
@@ -135,6 +163,7 @@ class Study:
                 *self.device_flags, "--out", self.run_dir(m)]
         argv += ["--data", self.args.data] if self.args.data else []
         argv += ["--config", self.args.config] if self.args.config else []
+        argv += ["--seed", self.seed] if self.seed is not None else []
         cli(argv)
 
     # ---- surfaces -----------------------------------------------------------------------------
@@ -232,17 +261,21 @@ class Study:
 
     # ---- report -------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
-        """One row per method, every number read from the result files."""
+        """One row per method, every number read from the result files; `ci` holds the 95% intervals."""
         rows = []
         for m in self.methods:
             d = self.run_dir(m)
             final = json.loads((d / "metrics.json").read_text())["final"]
             hess = json.loads((d / "hessian.json").read_text())
             conf = json.loads((d / "conflicts.json").read_text())
-            rows.append({"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
-                         "source_hter": final["sources"]["hter"],
-                         **hessian_numbers(hess), **conflict_numbers(conf),
-                         "width": surface_width(d / "surface_1d.h5", WIDTH_DELTA)})
+            tci, sci = final["target"].get("interval", {}), final["sources"].get("interval", {})
+            row = {"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
+                   "source_hter": final["sources"]["hter"], "source_auc": final["sources"]["auc"],
+                   **hessian_numbers(hess), **conflict_numbers(conf),
+                   "width": surface_width(d / "surface_1d.h5", WIDTH_DELTA)}
+            row["ci"] = {"hter": tci.get("hter"), "auc": tci.get("auc"), "source_hter": sci.get("hter"),
+                         "source_auc": sci.get("auc"), **row.pop("ci_hessian"), **row.pop("ci_conflicts")}
+            rows.append(row)
         return rows
 
     def report(self) -> Path:
@@ -251,12 +284,13 @@ class Study:
         self.say("report")
         rows = self.rows()
         domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
-        head = ("| method | target HTER | target AUC | source HTER | λ_max | trace | conflict at θ | conflict at SAM ascent | "
-                f"conflict at GAC-FAS ascents | width at +{WIDTH_DELTA} |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        head = ("| method | " + " | ".join(label for _, label, _ in HEADLINE) + " | conflict at SAM ascent | "
+                f"conflict at GAC-FAS ascents | width at +{WIDTH_DELTA} |\n|---|" + "---|" * (len(HEADLINE) + 3) + "\n")
         table = head + "".join(
-            f"| {r['method']} | {pct(r['hter'])} | {pct(r['auc'])} | {pct(r['source_hter'])} | {num(r['lambda_max'])} | "
-            f"{num(r['trace'])} | {num(r['conflict_theta'], 3)} | {num(r['conflict_sam'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
+            f"| {r['method']} | " + " | ".join(cell(r[k], r["ci"].get(k), kind) for k, _, kind in HEADLINE)
+            + f" | {num(r['conflict_sam'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
             for r in rows)
+        table += "\n" + noise_table(rows)
         if domains:
             table += ("\nλ_max per domain (sources, then the target):\n\n| method | " + " | ".join(domains) + " |\n|---|"
                       + "---|" * len(domains) + "\n" + "".join(
@@ -268,7 +302,8 @@ class Study:
                                        ("paraview.png", "ParaView rendering")) if (self.views / n).exists()]
         pages = [n for n in ("surfaces_2d.html", "curves_1d.html", "trajectory_pca.html", "hessian.html", "conflicts.html")
                  if (self.views / n).exists()]
-        md = (f"# fasland study: {self.protocol} ({self.preset} preset)\n\n{table}\n"
+        seed = "" if self.seed is None else f", training seed {self.seed}"
+        md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n{table}\n" + INTERVALS_NOTE +
               "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the 1-D "
               f"interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
@@ -279,6 +314,57 @@ class Study:
         print(table)
         print(f"report: {self.out / 'report.md'} and {self.out / 'report.html'}")
         return self.out / "report.md"
+
+
+def seeds_report(studies: list[Study], out: Path) -> Path:
+    """DIR/report.md (and .html) of a study over several training seeds: per method the mean ± std across seeds
+    of each headline number, the differences marked within noise when the across-seed 95% t-intervals of the
+    means (mean ± t₀.₉₇₅,ₙ₋₁ · std/√n) overlap, then every seed's own numbers with its 95% intervals."""
+    from scipy.stats import t as student
+
+    from training.checkpoint import atomic_write
+
+    per_seed = [(st.seed, st.rows()) for st in studies]
+    first = studies[0]
+    n = len(studies)
+    means = []
+    for i, m in enumerate(first.methods):
+        row, spread = {"method": LABELS[m], "ci": {}}, {}
+        for k, _, _ in HEADLINE:
+            v = np.array([rows[i][k] for _, rows in per_seed if rows[i][k] is not None], dtype=np.float64)
+            if len(v) == 0:
+                row[k] = None
+                continue
+            row[k] = float(v.mean())
+            spread[k] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            half = float(student.ppf(0.975, len(v) - 1) * spread[k] / np.sqrt(len(v))) if len(v) > 1 else None
+            row["ci"][k] = None if half is None else [row[k] - half, row[k] + half]
+        row["std"] = spread
+        means.append(row)
+    seeds = ", ".join(str(st.seed) for st in studies)
+    labels = " | ".join(label for _, label, _ in HEADLINE)
+    table = (f"Mean ± standard deviation over {n} training seeds ({seeds}):\n\n| method | {labels} |\n|---|"
+             + "---|" * len(HEADLINE) + "\n" + "".join(
+                 f"| {r['method']} | " + " | ".join(mean_std(r[k], r["std"].get(k), kind) for k, _, kind in HEADLINE) + " |\n"
+                 for r in means))
+    table += "\n" + noise_table(means).replace("the 95% intervals overlap", "the across-seed 95% t-intervals of the means overlap")
+    table += (f"\nEach seed (95% intervals):\n\n| seed | method | {labels} |\n|---|---|" + "---|" * len(HEADLINE) + "\n"
+              + "".join(f"| {seed} | {r['method']} | " + " | ".join(cell(r[k], r["ci"].get(k), kind) for k, _, kind in HEADLINE) + " |\n"
+                        for seed, rows in per_seed for r in rows))
+    md = (f"# fasland study: {first.protocol} ({first.preset} preset), seeds {seeds}\n\n{table}\n" + INTERVALS_NOTE
+          + "Each seed's surfaces, spectra, conflicts and views: " + ", ".join(f"[seed {st.seed}]({st.out.name}/report.md)" for st in studies) + "\n")
+    html = report_html(first.protocol, first.preset, table, [], [])
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(md))
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
+    print(table)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return out / "report.md"
+
+
+def mean_std(v, std, kind: str) -> str:
+    if v is None:
+        return "–"
+    return f"{pct(v)} ± {100 * std:.2f}" if kind == "pct" else f"{fmt(v, kind)} ± {fmt(std, kind)}"
 
 
 def axis_around(values: np.ndarray, n: int) -> str:
@@ -295,7 +381,10 @@ def hessian_numbers(h: dict) -> dict:
     trace = trace.get("mean") if isinstance(trace, dict) else trace
     per = h.get("per_domain") or {}
     lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam}
+    spread = h.get("sampling") or {}     # `--sample-batches B`: the spread over B disjoint probe subsets
+    eig_spread, trace_spread = (spread.get("eigenvalues") or [{}])[0], spread.get("trace") or {}
+    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
+            "ci_hessian": {"lambda_max": eig_spread.get("interval95"), "trace": trace_spread.get("interval95")}}
 
 
 def conflict_numbers(c: dict) -> dict:
@@ -303,7 +392,8 @@ def conflict_numbers(c: dict) -> dict:
     block of a `fasland conflicts` JSON."""
     s = c.get("summary", {})
     return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
-            "conflict_ascent": s.get("conflict_gacfas")}
+            "conflict_ascent": s.get("conflict_gacfas"),
+            "ci_conflicts": {"conflict_theta": (c.get("theta", {}).get("interval") or {}).get("conflict")}}
 
 
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:
@@ -329,6 +419,54 @@ def surface_width(path: Path, delta: float) -> tuple[float, bool]:
 
     (lo, open_lo), (hi, open_hi) = edge(-1), edge(+1)
     return float(hi - lo), open_lo or open_hi
+
+
+# The headline numbers, each with its 95% interval: (row key, column label, format)
+HEADLINE = (("hter", "target HTER", "pct"), ("auc", "target AUC", "pct"), ("source_hter", "source HTER", "pct"),
+            ("source_auc", "source AUC", "pct"), ("lambda_max", "λ_max", "num"), ("trace", "trace", "num"),
+            ("conflict_theta", "conflict at θ", "num3"))
+INTERVALS_NOTE = ("Brackets: 95% intervals — HTER and AUC by a bootstrap over clients (identities/videos, all "
+                  "frames of a drawn client kept), λ_max and trace over disjoint probe subsets, conflict by a bootstrap "
+                  "over client subsets of the per-domain gradients. A difference is *within noise* when the two "
+                  "intervals overlap.\n\n")
+
+
+def fmt(v, kind: str) -> str:
+    return pct(v) if kind == "pct" else num(v, 3 if kind == "num3" else 4)
+
+
+def cell(v, ci, kind: str) -> str:
+    """The value with its interval, e.g. '18.67% [12.00, 25.33]' (percent points inside the brackets)."""
+    if v is None or not ci:
+        return fmt(v, kind)
+    if kind == "pct":
+        return f"{pct(v)} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+    return f"{fmt(v, kind)} [{fmt(ci[0], kind)}, {fmt(ci[1], kind)}]"
+
+
+def noise_table(rows: list[dict]) -> str:
+    """Every pair of methods: the difference of each headline number, marked within noise (intervals overlap
+    or missing) or resolved."""
+    from analysis.intervals import within_noise
+
+    if len(rows) < 2:
+        return ""
+    out = ("Differences (first − second; *within noise*: the 95% intervals overlap):\n\n| pair | "
+           + " | ".join(label for _, label, _ in HEADLINE) + " |\n|---|" + "---|" * len(HEADLINE) + "\n")
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            cells = []
+            for k, _, kind in HEADLINE:
+                if a[k] is None or b[k] is None:
+                    cells.append("–")
+                    continue
+                d = a[k] - b[k]
+                diff = f"{100 * d:+.2f} pp" if kind == "pct" else f"{d:+.3g}"
+                ca, cb = a["ci"].get(k), b["ci"].get(k)
+                cells.append(f"{diff} (no interval)" if not ca or not cb else
+                             f"{diff} *within noise*" if within_noise(ca, cb) else f"{diff} resolved")
+            out += f"| {a['method']} − {b['method']} | " + " | ".join(cells) + " |\n"
+    return out
 
 
 def pct(v) -> str:

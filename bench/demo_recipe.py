@@ -1,7 +1,7 @@
 """Candidate demo recipes: one method trained on one protocol, its source and target HTER, and its cost.
 
-Each RECIPE is IMAGE_SIZE:EPOCHS:STEPS_PER_EPOCH:LR_STEP (lr_step 0 = constant), trained with the demo
-preset otherwise and evaluated once, at the end, on held-out clients. Prints one markdown row per recipe
+Each RECIPE is IMAGE_SIZE:EPOCHS:STEPS_PER_EPOCH:LR_STEP[:LR] (lr_step 0 = constant; LR default the preset's),
+trained with the demo preset otherwise and evaluated once, at the end, on held-out clients. Prints one markdown row per recipe
 with wall and process-CPU seconds and the 1-minute load average at the start (the machine may be shared:
 CPU seconds per step are the figure to extrapolate from)."""
 import argparse
@@ -22,15 +22,16 @@ from training.trainer import train
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("recipes", nargs="+", metavar="PX:EPOCHS:STEPS:LR_STEP")
+    p.add_argument("recipes", nargs="+", metavar="PX:EPOCHS:STEPS:LR_STEP[:LR]")
     p.add_argument("--method", default="erm")
     p.add_argument("--protocol", default="ICM2O")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for recipe in args.recipes:
-        px, epochs, steps, lr_step = (int(v) for v in recipe.split(":"))
-        over = {"data": {"image_size": px},
+        px, epochs, steps, lr_step, *lr = recipe.split(":")
+        px, epochs, steps, lr_step = int(px), int(epochs), int(steps), int(lr_step)
+        over = {"data": {"image_size": px}, "hparams": {"lr": float(lr[0])} if lr else {},
                 "train": {"epochs": epochs, "steps_per_epoch": steps, "lr_step": lr_step, "lr_gamma": 0.5,
                           "eval_every": 10 ** 6, "save_every": 10 ** 6}}
         config = make_config(args.protocol, args.method, "demo", over)
@@ -38,7 +39,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(sys.stderr):
             final = train(config, run, "cpu", progress=False)["final"]
         wall, cpu = time.time() - wall, time.process_time() - cpu
-        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | "
+        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | {config['hparams']['lr']:g} | "
               f"{100 * final['sources']['hter']:.2f}% | {100 * final['target']['hter']:.2f}% | {wall:.0f} | {cpu:.0f} | "
               f"{1000 * cpu / (epochs * steps):.0f} | {load:.2f} |", flush=True)
     return 0

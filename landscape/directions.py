@@ -7,7 +7,9 @@ integer buffers such as num_batches_tracked get a zero direction). Kinds:
 - random: d ~ N(0, I), each filter rescaled d_f ← d_f ‖θ_f‖ / ‖d_f‖ (or per layer / per weight);
   1-D tensors (bias, BN) zeroed ("biasbn") or set to θ itself ("none"), as the reference does;
 - interpolation: d = θ_b − θ_a, so θ_a + 1·d = θ_b;
-- PCA of a training trajectory: the top-2 principal components of {θ_e − θ_final}.
+- PCA of a training trajectory: the top-2 principal components of {θ_e − θ_final};
+- Hessian eigenvectors (`eigenvector_directions`): unit vectors v₁, v₂ of ∇²L (analysis.hessian computes
+  them), normalized like random ones; their eigenvalues are stored as attributes.
 
 Saved in the reference layout: groups `xdirection`/`ydirection`, one dataset per tensor named 0, 1, ….
 """
@@ -40,6 +42,7 @@ class Directions:
     dir_type: str = "weights"
     recipe: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)   # numbers stored as file attributes (Hessian: eigenvalues)
 
     @property
     def ndim(self) -> int:
@@ -101,6 +104,33 @@ def random_direction(model: nn.Module, seed: int = 0, norm: str = "filter", igno
         d = torch.randn(tuple(w.shape), generator=g, dtype=torch.float32)
         out.append(normalize_direction(d, w, norm, ignore) if w.is_floating_point() else d.zero_())
     return out
+
+
+def eigenvector_directions(model: nn.Module, vectors, eigenvalues, norm: str = "filter", ignore: str = "biasbn",
+                           health=None) -> Directions:
+    """Directions (x = vectors[0], y = vectors[1]) from eigenvectors given per parameter (`model.parameters()`
+    order, None for a parameter the vector does not move). Multi-dimensional tensors are normalized as
+    random directions are (`normalize_direction`; norm "none" keeps the eigenvector); 1-D tensors are zeroed
+    with ignore="biasbn" and kept with "none" (copying θ into them would make it no direction of curvature)."""
+    check_choice(norm, NORMS, "--xnorm/--ynorm")
+    check_choice(ignore, IGNORES, "--xignore/--yignore")
+    params = model_tensors(model, "weights")
+    dirs = []
+    for vector in vectors:
+        d = []
+        for v, w in zip(vector, params):
+            t = torch.zeros(tuple(w.shape)) if v is None else v.detach().to("cpu", torch.float32).reshape(tuple(w.shape)).clone()
+            if t.dim() <= 1:
+                d.append(t.zero_() if ignore == "biasbn" else t)
+            else:
+                d.append(normalize_direction(t, w, norm, ignore) if norm != "none" else t)
+        dirs.append(d)
+    values = [float(v) for v in eigenvalues]
+    recipe = {"kind": "hessian", "norm": norm, "ignore": ignore, "eigenvalues": values}
+    attrs = {"eigenvalues": np.asarray(values[:len(dirs)], dtype=np.float64)}
+    if health is not None:
+        recipe["health"] = list(health)
+    return Directions(dirs[0], dirs[1] if len(dirs) > 1 else None, "weights", recipe, attrs=attrs)
 
 
 def difference(start: list[torch.Tensor], end: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -226,7 +256,7 @@ def save_directions(path, directions: Directions, attrs: dict | None = None) -> 
                 f[k] = v
             f.attrs["dir_type"] = directions.dir_type
             f.attrs["recipe"] = json.dumps(directions.recipe, sort_keys=True)
-            for k, v in (attrs or {}).items():
+            for k, v in {**directions.attrs, **(attrs or {})}.items():
                 f.attrs[k] = v
 
     atomic_write(path, write)
@@ -255,7 +285,8 @@ def load_directions(path, model: nn.Module | None = None, dir_type: str | None =
         y = read_group(f, "ydirection", path) if "ydirection" in f else None
         recipe = json.loads(f.attrs["recipe"]) if "recipe" in f.attrs else {}
         extra = {k: f[k][()] for k in PCA_DATASETS if k in f}
-    dirs = Directions(x, y, dir_type, recipe, extra)
+        attrs = {k: np.asarray(f.attrs[k]) for k in ("eigenvalues",) if k in f.attrs}
+    dirs = Directions(x, y, dir_type, recipe, extra, attrs)
     if model is not None:
         check_fits(dirs, model, path)
     return dirs

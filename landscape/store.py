@@ -31,7 +31,7 @@ from training.errors import FaslandError
 FORMAT = "fasland-surface-1"
 LAYOUT = "reference"   # flat k = iy*nx + ix
 IDENTITY = {"checkpoint_sha256": "checkpoint", "directions": "set of directions", "data": "data spec",
-            "data_sha256": "data content"}
+            "data_sha256": "data content", "evaluation": "evaluation (precision, BatchNorm statistics, curvature)"}
 
 
 def flat_index(ix: int, iy: int, nx: int) -> int:

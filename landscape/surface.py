@@ -6,6 +6,13 @@ HTER, AUC). Non-finite values far from θ are stored as they come (NaN/inf) and 
 Points go in the reference's flat order k = iy·nx + ix, row by row of fixed b: θ + b·d2 is formed
 once per row and each point is then a single pass t ← (θ + b·d2) + a·d1 (a snake order would save
 nothing more: every point rewrites every moved tensor anyway).
+
+Evaluation options (recorded in the provenance as `evaluation`, part of the surface's identity):
+- precision: float32 on every device by default; autocast "bf16" or "fp16" on request;
+- bn: "theta" keeps θ's BatchNorm running statistics at every point (the reference's choice);
+  "recompute" re-estimates them at each point from the given images (`recompute_batchnorm`);
+- measure: any model → {name: float} evaluated after the probe at each point (e.g. the curvature of
+  analysis.hessian.curvature_measure: datasets lambda_max, lambda_min, convexity_ratio).
 """
 import math
 
@@ -104,29 +111,94 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if p is None else p.device
 
 
-def evaluate(probe, model: nn.Module, autocast: bool = False) -> dict[str, float]:
-    """probe(model) as floats; with autocast the forward runs in float16 (CUDA) / bfloat16 (CPU)."""
-    if autocast:
-        device_type = model_device(model).type
-        with torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16):
+PRECISIONS = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# |metric(bf16/fp16) − metric(float32)| ≤ tol·(|metric(float32)| + 0.01) for losses near θ
+# (tests/test_curvature.py measures it on a small network with BatchNorm on CPU).
+AUTOCAST_TOLERANCE = {"bf16": 0.03, "fp16": 0.005}
+BN_MODES = ("theta", "recompute")
+
+
+def precision_of(autocast) -> str:
+    """The precision of an autocast setting: None, False or "float32" → float32; "bf16"; "fp16"."""
+    if autocast in (None, False, "float32"):
+        return "float32"
+    if autocast in ("bf16", "fp16"):
+        return autocast
+    raise FaslandError(f"--autocast '{autocast}' is not known; use bf16 or fp16 (float32 is the default)")
+
+
+def evaluate(probe, model: nn.Module, autocast=None) -> dict[str, float]:
+    """probe(model) as floats; with autocast "bf16"/"fp16" the forward runs under torch.autocast in that
+    dtype (on the model's device), else in the model's own dtype (float32)."""
+    dtype = PRECISIONS[precision_of(autocast)]
+    if dtype is not None:
+        with torch.autocast(model_device(model).type, dtype=dtype):
             metrics = probe(model)
     else:
         metrics = probe(model)
     return {k: float(v) for k, v in metrics.items()}
 
 
+def batchnorms(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, inputs) -> None:
+    """BatchNorm running statistics re-estimated at the current weights: reset, then one train-mode pass
+    without gradients over `inputs` (tensors, or (x, y) batches) with momentum None, so each statistic is
+    the plain average over the batches of their batch mean / unbiased batch variance (as
+    torch.optim.swa_utils.update_bn does). The model's mode and momenta are restored."""
+    bns = batchnorms(model)
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    try:
+        for x in inputs:
+            model(x[0] if isinstance(x, (tuple, list)) else x)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+class BatchNormState:
+    """A copy of every BatchNorm buffer, put back by `restore` (recompute changes them at every point)."""
+
+    def __init__(self, model: nn.Module):
+        self.saved = [(b, b.clone()) for m in batchnorms(model) for b in m.buffers()]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for b, v in self.saved:
+            b.copy_(v)
+
+
 def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, ycoords=None, out_path=None,
-                    provenance: dict | None = None, comm=None, progress: bool = True, autocast: bool | None = None,
-                    channels_last: bool = True, root_computes: bool = True) -> SurfaceStore | None:
+                    provenance: dict | None = None, comm=None, progress: bool = True, autocast=None,
+                    channels_last: bool = True, root_computes: bool = True, bn: str = "theta", bn_inputs=None,
+                    measure=None, measure_spec: dict | None = None) -> SurfaceStore | None:
     """Every metric of `probe` (any callable model → {name: float}) at θ + x[ix]·d1 + y[iy]·d2.
 
     Results go to `out_path` (None: kept in memory), resumed if the file holds this very surface and
     refused if it holds another. Under MPI (`comm`) every rank calls this with the same arguments;
-    rank 0 returns the store, the others None. autocast=None means "on CUDA only"."""
+    rank 0 returns the store, the others None. autocast: None (float32, the default), "bf16" or "fp16".
+    bn="recompute" re-estimates BatchNorm statistics at each point from `bn_inputs` (the sources' probe
+    images) before evaluating. `measure` (model → {name: float}) adds datasets at each point; `measure_spec`
+    names it in the provenance."""
     if ycoords is not None and directions.y is None:
         raise FaslandError("a 2-D grid (--y) needs two directions but only an x direction was given; add --y directions or drop --y")
-    if autocast is None:
-        autocast = model_device(model).type == "cuda"
+    precision = precision_of(autocast)
+    if bn not in BN_MODES:
+        raise FaslandError(f"--bn '{bn}' is not known; use theta (θ's running statistics) or recompute")
+    if bn == "recompute" and not bn_inputs:
+        raise FaslandError("--bn recompute needs images to re-estimate BatchNorm statistics from; pass the sources' probe batches")
+    evaluation = {"precision": precision, "bn": bn, "measure": measure_spec if measure is not None else None}
     if channels_last:
         model.to(memory_format=torch.channels_last)
     grid = Grid(xcoords, None if directions.y is None else ycoords)
@@ -134,7 +206,7 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
 
     def open_store():
         nonlocal store
-        prov = {"versions": versions(), "directions": directions.recipe, "dir_type": directions.dir_type,
+        prov = {"versions": versions(), "directions": directions.recipe, "dir_type": directions.dir_type, "evaluation": evaluation,
                 **({"direction_cosine": cosine(directions.x, directions.y)} if directions.y is not None else {}),
                 **(provenance or {})}
         if out_path is None:
@@ -147,13 +219,19 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
     bar = None
     try:
         plane = mpi.on_every_rank(comm, lambda: Plane(model, directions))
+        bn_state = BatchNormState(model) if bn == "recompute" else None
         if mpi.rank(comm) == 0 and progress:
             from tqdm import tqdm
             bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="pt", dynamic_ncols=True)
 
         def evaluate_point(k):
             plane.move_to(*grid.point(k))
-            return evaluate(probe, model, autocast)
+            if bn_state is not None:
+                recompute_batchnorm(model, bn_inputs)
+            metrics = evaluate(probe, model, precision)
+            if measure is not None:
+                metrics.update(measure(model))
+            return metrics
 
         def record(k, metrics):
             store.record(k, metrics)
@@ -165,6 +243,8 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
             mpi.map_points(comm, todo, evaluate_point, record, root_computes)
         finally:
             plane.reset()
+            if bn_state is not None:
+                bn_state.restore()
     finally:
         if bar is not None:
             bar.close()

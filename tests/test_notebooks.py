@@ -105,7 +105,7 @@ def test_study_tour(tmp_path, scratch, jupyter_path, monkeypatch):
         grads, losses = [], []
         for d in ("I", "C", "M"):
             x, y = probe.domains[d]
-            loss = F.binary_cross_entropy_with_logits(model(x), y)
+            loss = F.binary_cross_entropy_with_logits(model(probe.inputs(x)), y)
             losses.append(loss.item())
             grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]).double())
         G = torch.stack(grads)

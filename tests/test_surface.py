@@ -143,7 +143,7 @@ def test_autocast_stays_close_to_float32():
     net, probe = tiny_net(), tiny_probe()
     dirs = Directions(random_direction(net))
     plain = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast=False)
-    amp = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast=True)
+    amp = compute_surface(copy.deepcopy(net), probe, dirs, [-0.5, 0.5], progress=False, autocast="bf16")
     np.testing.assert_allclose(amp.arrays["train_loss"], plain.arrays["train_loss"], rtol=0.05)
 
 

@@ -167,7 +167,7 @@ def test_hessian_warns_when_the_running_statistics_have_not_settled(tmp_path, so
     assert r.code == 0, r.err[-2000:]
     assert ("running statistics have not settled" in r.err) == warns, r.err[-2000:]
     if warns:
-        assert "fasland hessian: warning: eval-mode accuracy at θ (logit > 0) is at chance" in r.err and "HTER 10.0%" in r.err
+        assert "fasland hessian: warning: eval-mode accuracy at θ (live score > 0) is at chance" in r.err and "HTER 10.0%" in r.err
     assert json.loads((tmp_path / "h.json").read_text())["provenance"]["data"]["bn"] == "eval"
     r = cli(["surface", "--checkpoint", ck, "--x", "-1:1:2", "--max-samples", "4", "--threads", "1", "--out", tmp_path / "s.h5"])
     assert r.code == 0 and ("fasland surface: warning:" in r.err) == warns, r.err[-2000:]

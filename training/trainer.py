@@ -23,30 +23,48 @@ from training.probe import load_probe
 
 
 class SourceBatches:
-    """Each source domain's training images (uint8, CPU); `sample` draws one balanced batch per domain."""
+    """Each source domain's training images; `sample` draws one balanced batch per domain. SynthFAS is held
+    in memory (uint8, CPU); real data streams one random frame per video from DataLoader workers."""
 
     def __init__(self, config: dict, device):
         d = config["data"]
         sources, _ = parse_protocol(config["protocol"])
-        self.domains = [load_domain(d["root"], s, "train", image_size=d["image_size"], seed=d.get("seed", 0)) for s in sources]
-        self.names, self.device = sources, device
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
+        if str(d["root"]) == "synth":
+            self.draws = [InMemory(load_domain(d["root"], s, "train", image_size=d["image_size"], seed=d.get("seed", 0)), self.batch)
+                          for s in sources]
+        else:
+            from training.data.folders import VideoStream
+            self.draws = [VideoStream(d["root"], s, d["image_size"], self.batch, d.get("workers", 2), seed=t["seed"] * 1009 + i)
+                          for i, s in enumerate(sources)]
+        self.names, self.device, self.normalization = sources, device, d.get("normalize", "imagenet")
         self.with_depth = algorithm_class(config["method"]).needs_depth
 
     def sample(self, g: torch.Generator) -> list[tuple]:
         """[(x, y)] per domain; (x, y, x2) with a second view; (x, y, depth) for RFM."""
         out = []
-        for dom in self.domains:
-            idx = torch.randint(len(dom.labels), (self.batch,), generator=g)
-            x, depth = augment(dom.images[idx], self.augment, g, dom.depth[idx] if self.with_depth else None)
-            item = [normalize(x).to(self.device), dom.labels[idx].to(self.device)]
+        for draw in self.draws:
+            images, labels, depth = draw(g)
+            x, depth = augment(images, self.augment, g, depth if self.with_depth else None)
+            item = [normalize(x, self.normalization).to(self.device), labels.to(self.device)]
             if self.two_views:
-                item.append(normalize(augment(dom.images[idx], self.augment, g)[0]).to(self.device))
+                item.append(normalize(augment(images, self.augment, g)[0], self.normalization).to(self.device))
             if self.with_depth:
                 item.append(depth.to(self.device))
             out.append(tuple(item))
         return out
+
+
+class InMemory:
+    """Batches of `batch` images drawn with replacement from one domain held in memory."""
+
+    def __init__(self, dom, batch: int):
+        self.dom, self.batch = dom, batch
+
+    def __call__(self, g: torch.Generator):
+        idx = torch.randint(len(self.dom.labels), (self.batch,), generator=g)
+        return self.dom.images[idx], self.dom.labels[idx], self.dom.depth[idx]
 
 
 def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -82,7 +100,7 @@ def augment(x: torch.Tensor, kind: str, g: torch.Generator, depth: torch.Tensor 
 def evaluate(model, probe, intervals: bool = False) -> dict:
     """Target HTER/AUC/TPR@FPR5/ACC and the sources' pooled HTER/AUC, on held-out clients; with `intervals`
     also their 95% client-level bootstrap intervals (`client_intervals`) under "interval"."""
-    logits = probe.logits(model)
+    logits = probe.scores(probe.logits(model))      # live scores: the logit, or z_live − z_spoof
     out = {}
     for part, names, keys in (("target", (probe.target,), ("hter", "auc", "tpr_at_fpr5", "acc")),
                               ("sources", probe.sources, ("hter", "auc"))):

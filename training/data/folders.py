@@ -82,43 +82,62 @@ def _cache_dir(path) -> Path:
     return Path(root) / "real" if root else Path.home() / ".cache" / "fasland" / "real"
 
 
-def load(root, domain: str, split: str, image_size: int = 64, samples: int | None = None, seed: int = 0,
-         cache=None) -> DomainData:
-    """One domain's split of the real layout, frames resized to image_size; `samples` frames
-    drawn at random (seeded) when given, else all. Cached on disk keyed by the file listing."""
-    videos = find_videos(root, domain, split)
-    frames = [(path, label, client) for client, (_, label, paths) in enumerate(videos) for path in paths]
+def _listing_hash(frames) -> str:
     listing = hashlib.sha256()
     for path, _, _ in frames:
         st = path.stat()
         listing.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return listing.hexdigest()
+
+
+def all_frames(videos) -> list[tuple[Path, int, int]]:
+    """[(frame path, label, client)] of every frame; a video's client id is its index."""
+    return [(path, label, client) for client, (_, label, paths) in enumerate(videos) for path in paths]
+
+
+def load(root, domain: str, split: str, image_size: int = 64, samples: int | None = None, seed: int = 0,
+         cache=None) -> DomainData:
+    """One domain's split of the real layout, frames resized to image_size; `samples` frames
+    drawn at random (seeded) when given, else all. Cached on disk keyed by the file listing."""
+    frames = all_frames(find_videos(root, domain, split))
+    listing = _listing_hash(frames)
     if samples is not None and samples < len(frames):
         keep = torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:samples]
         frames = [frames[i] for i in sorted(keep.tolist())]
-    key = hashlib.sha256(repr((str(Path(root).resolve()), domain, split, image_size, samples, seed, listing.hexdigest())).encode())
-    cache_path = _cache_dir(cache) / f"real_{domain}_{split}_{image_size}px_{key.hexdigest()[:16]}.pt"
+    key = repr((str(Path(root).resolve()), domain, split, image_size, samples, seed, listing))
+    return _decode_cached(frames, domain, split, image_size, key, cache)
+
+
+def load_frames(root, domain: str, split: str, image_size: int, frames_per_video: int = 1,
+                max_samples: int | None = None, seed: int = 0, cache=None) -> DomainData:
+    """The probe's images: `frames_per_video` frames of each video (drawn without replacement, seeded; all of a
+    shorter video), then at most `max_samples` of those, evenly spread over the sorted videos. Only these
+    frames are decoded: memory holds frames_per_video × videos images, never a whole domain."""
+    if image_size < 8:
+        raise FaslandError(f"image size {image_size} is too small; use at least 8 pixels")
+    videos = find_videos(root, domain, split)
+    listing = _listing_hash(all_frames(videos))
+    g = torch.Generator().manual_seed(seed)
+    frames = []
+    for client, (_, label, paths) in enumerate(videos):
+        pick = torch.randperm(len(paths), generator=g)[:frames_per_video].sort().values.tolist()
+        frames += [(paths[i], label, client) for i in pick]
+    if max_samples is not None and len(frames) > max_samples:
+        frames = [frames[i] for i in torch.linspace(0, len(frames) - 1, max_samples).round().long().tolist()]
+    key = repr((str(Path(root).resolve()), domain, split, image_size, "per-video", frames_per_video, max_samples, seed, listing))
+    return _decode_cached(frames, domain, split, image_size, key, cache)
+
+
+def _decode_cached(frames, domain: str, split: str, image_size: int, key: str, cache) -> DomainData:
+    """Decode `frames` [(path, label, client)] into a DomainData, through the on-disk cache under `key`."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache_path = _cache_dir(cache) / f"real_{domain}_{split}_{image_size}px_{digest}.pt"
     if cache_path.exists():
         try:
             return DomainData(**torch.load(cache_path, weights_only=True))
         except Exception:
             pass    # unreadable: rebuild it
-
-    prior = _face_prior()
-    images, depth = [], []
-    for path, label, _ in frames:
-        images.append(_read(path, image_size))
-        depth_path = path.with_name("depth_" + path.name[len("crop_"):])
-        if not label:
-            depth.append(np.zeros((DEPTH_SIZE, DEPTH_SIZE), np.uint8))
-        else:
-            depth.append(_read(depth_path, DEPTH_SIZE, grey=True) if depth_path.exists() else prior)
-    first = "IOCM".index(domain) * 1_000_000 + (0 if split == "train" else 500_000)
-    data = DomainData(
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        labels=torch.tensor([label for _, label, _ in frames], dtype=torch.float32),
-        depth=torch.from_numpy(np.stack(depth)),
-        clients=torch.tensor([first + client for _, _, client in frames], dtype=torch.int64),
-    )
+    data = decode(frames, domain, split, image_size)
     from training.checkpoint import atomic_save
 
     try:
@@ -126,3 +145,71 @@ def load(root, domain: str, split: str, image_size: int = 64, samples: int | Non
     except FaslandError:
         pass    # a read-only cache only costs the decoding next time
     return data
+
+
+def client_offset(domain: str, split: str) -> int:
+    """Client ids are unique across domains and splits: domain · 10⁶ (+ 5·10⁵ for test) + video index."""
+    return "IOCM".index(domain) * 1_000_000 + (0 if split == "train" else 500_000)
+
+
+def read_frame(path: Path, label: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's image (uint8 [H, W, 3]) and depth map (uint8 [32, 32]): depth_*.jpg beside it when present,
+    else a face prior for live and zeros for spoof."""
+    image = _read(path, image_size)
+    if not label:
+        return image, np.zeros((DEPTH_SIZE, DEPTH_SIZE), np.uint8)
+    depth_path = path.with_name("depth_" + path.name[len("crop_"):])
+    return image, _read(depth_path, DEPTH_SIZE, grey=True) if depth_path.exists() else _face_prior()
+
+
+def decode(frames, domain: str, split: str, image_size: int) -> DomainData:
+    images, depth = zip(*(read_frame(path, label, image_size) for path, label, _ in frames))
+    return DomainData(
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        labels=torch.tensor([label for _, label, _ in frames], dtype=torch.float32),
+        depth=torch.from_numpy(np.stack(depth)),
+        clients=torch.tensor([client_offset(domain, split) + client for _, _, client in frames], dtype=torch.int64),
+    )
+
+
+class VideoFrames(torch.utils.data.Dataset):
+    """Training frames as the GAC-FAS release draws them: item i is one random frame of video i (a new
+    draw every pass), decoded and resized in the DataLoader's worker. Item: (image uint8 [3, H, W],
+    label, depth uint8 [32, 32])."""
+
+    def __init__(self, root, domain: str, split: str, image_size: int):
+        self.videos = find_videos(root, domain, split)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int):
+        _, label, paths = self.videos[i]
+        path = paths[int(torch.randint(len(paths), ()))]    # the worker's generator, seeded by the loader's
+        image, depth = read_frame(path, label, self.image_size)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.tensor(float(label)), torch.from_numpy(depth)
+
+
+class VideoStream:
+    """An endless stream of `batch`-sized batches of one domain's training videos (one random frame per
+    video, each video once per pass, passes reshuffled), decoded by `workers` DataLoader processes.
+    Memory: the batches in flight, never the domain."""
+
+    def __init__(self, root, domain: str, image_size: int, batch: int, workers: int = 2, seed: int = 0):
+        self.dataset = VideoFrames(root, domain, "train", image_size)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=min(batch, len(self.dataset)), shuffle=True, drop_last=True, num_workers=workers,
+            generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0)
+        self._it = None
+
+    def __call__(self, g=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next (images uint8, labels float, depth uint8) batch."""
+        for _ in range(2):
+            try:
+                return next(self._it)
+            except (StopIteration, TypeError):
+                self._it = iter(self.loader)        # a new pass: reshuffled, a new random frame per video
+            except FaslandError as e:               # raised in a worker: its message ends the worker's traceback
+                raise FaslandError(str(e).strip().splitlines()[-1].split("FaslandError: ", 1)[-1]) from None
+        raise FaslandError("the training data stream yielded nothing; each domain needs at least one video")
