@@ -330,7 +330,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
     log.info(f"training {config['method']} on {config['protocol']} ({', '.join(sources)} → target) for {t['epochs']} epochs on {device}")
     bar = tqdm(total=t["epochs"] * t["steps_per_epoch"], initial=start * t["steps_per_epoch"], disable=not progress,
                desc=f"train {config['method']}", unit="step", dynamic_ncols=True)
-    with steps_log.open("a") as steps_file:
+    with bar, steps_log.open("a") as steps_file:    # the bar ends its line even when a step fails (a bad frame)
         for epoch in range(start, t["epochs"]):
             g = torch.Generator().manual_seed(t["seed"] * 100_003 + epoch)
             for group, lr in zip(algo.optimizer.param_groups, base_lrs):
@@ -358,7 +358,6 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
                 save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt", model, arch, config, epoch + 1, metrics)
             save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict(),
                             algorithm=algo.extra_state())
-    bar.close()
     save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics, algorithm=algo.extra_state())
     atomic_write_json(out / "metrics.json", metrics)
     prune_trajectory(out, t)
