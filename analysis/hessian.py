@@ -34,6 +34,13 @@ from training.probe import batch_weights, eval_mode
 HVP_METHODS = ("double_backward", "forward_over_reverse")
 # The faster of the two on ResNet18 (bench/hessian.py measures both in the same run).
 DEFAULT_HVP = "double_backward"
+# One set of defaults for the Python API below and for `fasland hessian` (analysis.commands.hessian),
+# PyHessian's where it has one.
+TOL = 1e-4            # relative error bound of each eigenvalue
+MAX_ITER = 300        # Hessian-vector products per eigenvalue search at most
+TRACE_SAMPLES = 100   # trace probe vectors (Hutchinson) or products (Hutch++)
+TRACE_TOL = 1e-3      # the trace stops early once its stderr ≤ TRACE_TOL·|mean| (0: always TRACE_SAMPLES)
+DENSITY_ITER = 100    # Lanczos steps per SLQ run
 KEEP_GRAPH_ELEMENTS = 2 ** 21
 
 
@@ -399,7 +406,7 @@ def with_error(value: float, error: float, digits: int = 6) -> str:
     return text if determined(value, error) else f"undetermined ({text})"
 
 
-def lanczos_eigenvalues(H: Hessian, k: int, tol: float, seed: int = 0, max_iter: int = 300, start: str = "gradient",
+def lanczos_eigenvalues(H: Hessian, k: int, tol: float, seed: int = 0, max_iter: int = MAX_ITER, start: str = "gradient",
                         which: str = "largest", vectors: bool = False) -> Eigenvalues:
     """The k largest (descending) or smallest (ascending) eigenvalues of H by Lanczos, stopped once each
     has error bound ≤ tol·|θ| (with `vectors`: residual ‖Hy − θy‖ ≤ tol·|θ|, and the Ritz vectors y = V s)."""
@@ -427,8 +434,8 @@ def lanczos_eigenvalues(H: Hessian, k: int, tol: float, seed: int = 0, max_iter:
     return Eigenvalues(theta[idx], bound[idx], bound[idx] <= tol * np.abs(theta[idx]), [products] * len(idx), found)
 
 
-def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
-                    max_iter: int = 300, start: str = "gradient", which: str = "largest", vectors: bool = False) -> Eigenvalues:
+def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = TOL, method: str = "lanczos", seed: int = 0,
+                    max_iter: int = MAX_ITER, start: str = "gradient", which: str = "largest", vectors: bool = False) -> Eigenvalues:
     """The top_k eigenvalues of the operator H, descending, or with which="smallest" the smallest,
     ascending (see `hessian_eigenvalues`)."""
     if top_k < 1 or top_k > H.dim:
@@ -445,7 +452,7 @@ def top_eigenvalues(H: Hessian, top_k: int = 1, tol: float = 1e-4, method: str =
     raise FaslandError(f"unknown eigenvalue method '{method}'; use lanczos or power")
 
 
-def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = 300) -> Eigenvalues:
+def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generator, max_iter: int = MAX_ITER) -> Eigenvalues:
     """PyHessian's method: for each i, iterate v ← Hv/‖Hv‖ on the complement of the eigenvectors found so
     far, λ = vᵀHv, until |Δλ| / (|λ| + 1e-6) < tol. Finds the eigenvalues largest in magnitude; the error
     reported is the last |Δλ|."""
@@ -473,8 +480,8 @@ def power_iteration(H: Hessian, top_k: int, tol: float, generator: torch.Generat
     return Eigenvalues(*zip(*found))
 
 
-def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = 1e-4, method: str = "lanczos", seed: int = 0,
-                        max_iter: int = 300, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
+def hessian_eigenvalues(model, loss_fn, data, top_k: int = 1, tol: float = TOL, method: str = "lanczos", seed: int = 0,
+                        max_iter: int = MAX_ITER, start: str = "gradient", hvp: str = DEFAULT_HVP, keep_graph: bool | None = None,
                         world=None, progress=None, which: str = "largest", vectors: bool = False) -> Eigenvalues:
     """The top_k largest eigenvalues of ∇²L(θ), descending — or with which="smallest" the top_k smallest,
     ascending (the most negative first) — each with its health (`Eigenvalues`).
@@ -528,7 +535,7 @@ def curvature_measure(loss_fn, data, tol: float = 1e-2, max_iter: int = 30, seed
 
 
 def hessian_directions(model, loss_fn, data, norm: str = "filter", ignore: str = "biasbn", tol: float = 1e-3,
-                       seed: int = 0, max_iter: int = 300, ndim: int = 2, hvp: str = DEFAULT_HVP, world=None,
+                       seed: int = 0, max_iter: int = MAX_ITER, ndim: int = 2, hvp: str = DEFAULT_HVP, world=None,
                        progress=None):
     """Surface directions along the top Hessian eigenvectors: x = v₁, y = v₂ (ndim = 2), each a unit
     eigenvector with ‖Hv − λv‖ ≤ tol·|λ| cut into the model's parameter shapes (parameters that are not
@@ -552,7 +559,7 @@ class Trace(NamedTuple):
     low_rank: float = 0.0  # Hutch++: tr(QᵀHQ), the exact part on the sketched subspace
 
 
-def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
+def trace_estimate(H: Hessian, n_samples: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, min_samples: int = 10) -> Trace:
     """Hutchinson: tr H = E[vᵀHv] over Rademacher v; stops after n_samples or once stderr ≤ tol·|mean|."""
     if n_samples < 2:
         raise FaslandError(f"the trace needs at least 2 Hutchinson samples to give a standard error, not {n_samples}")
@@ -567,7 +574,7 @@ def trace_estimate(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: in
     return Trace(*_mean_stderr(samples), samples, "hutchinson", H.calls - before)
 
 
-def hutchpp(H: Hessian, n_products: int = 100, tol: float = 1e-3, seed: int = 0, min_samples: int = 10) -> Trace:
+def hutchpp(H: Hessian, n_products: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, min_samples: int = 10) -> Trace:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): with k = n_products/3 Gaussian vectors S, Q = orth(HS);
     tr H = tr(QᵀHQ) + tr((I − QQᵀ) H (I − QQᵀ)), the first exact (k products), the second by Hutchinson
     on the deflated Rademacher vectors (I − QQᵀ)g (the remaining products, stopped early once its
@@ -617,7 +624,7 @@ def exact_trace(H: Hessian) -> Trace:
 TRACE_METHODS = ("hutch++", "hutchinson", "exact")
 
 
-def trace(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutch++") -> Trace:
+def trace(H: Hessian, n_samples: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, method: str = "hutch++") -> Trace:
     """tr H by `method` with at most n_samples products (see `hessian_trace`)."""
     if method == "exact":
         return exact_trace(H)
@@ -628,7 +635,7 @@ def trace(H: Hessian, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, me
     raise FaslandError(f"unknown trace method '{method}'; use one of {', '.join(TRACE_METHODS)}")
 
 
-def hessian_trace(model, loss_fn, data, n_samples: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "hutch++",
+def hessian_trace(model, loss_fn, data, n_samples: int = TRACE_SAMPLES, tol: float = TRACE_TOL, seed: int = 0, method: str = "hutch++",
                   hvp: str = DEFAULT_HVP, keep_graph: bool | None = None, world=None, progress=None) -> Trace:
     """tr ∇²L(θ) as Trace(mean, stderr, samples, …) from at most n_samples Hessian-vector products:
     Hutch++ (default; fewer products for the same standard error on a trained network), Hutchinson's
@@ -647,7 +654,7 @@ class Density(NamedTuple):
     sigma: float      # the Gaussian's standard deviation
 
 
-def slq(H: Hessian, n_iter: int = 100, n_runs: int = 1, seed: int = 0) -> tuple[list, list]:
+def slq(H: Hessian, n_iter: int = DENSITY_ITER, n_runs: int = 1, seed: int = 0) -> tuple[list, list]:
     """Stochastic Lanczos quadrature: n_runs Lanczos runs of n_iter steps from normalized Rademacher
     vectors v; each gives nodes θ_j and weights τ_j with Σ_j τ_j f(θ_j) ≈ vᵀ f(H) v / vᵀv (exact for
     polynomials of degree < 2·n_iter), whose mean over v is tr f(H) / dim."""
@@ -680,7 +687,7 @@ def broaden(nodes, weights, grid_size: int = 1000, sigma: float | None = None, s
     return grid, density, float(sigma)
 
 
-def hessian_density(model, loss_fn, data, n_iter: int = 100, n_runs: int = 1, seed: int = 0, grid_size: int = 1000,
+def hessian_density(model, loss_fn, data, n_iter: int = DENSITY_ITER, n_runs: int = 1, seed: int = 0, grid_size: int = 1000,
                     sigma: float | None = None, sigma_rel: float = 0.01, hvp: str = DEFAULT_HVP,
                     keep_graph: bool | None = None, world=None, progress=None) -> Density:
     """The spectral density of ∇²L(θ) by stochastic Lanczos quadrature (as PyHessian's `density`):
@@ -776,7 +783,7 @@ def spread(values) -> dict:
 
 def sampling_uncertainty(model, loss_fn, data, n_subsets: int = 4, top_k: int = 1, with_trace: bool = False,
                          tol: float = 1e-3, seed: int = 0, trace_samples: int = 30, trace_method: str = "hutch++",
-                         max_iter: int = 300, growth: bool = True, hvp: str = DEFAULT_HVP, world=None, progress=None) -> dict:
+                         max_iter: int = MAX_ITER, growth: bool = True, hvp: str = DEFAULT_HVP, world=None, progress=None) -> dict:
     """How much λ_1…λ_k (and tr H) depend on the sample: their values on n_subsets disjoint random subsets
     of the samples with `spread` (mean, std, central 95% interval), and λ_max (and the trace) on the first n samples
     of one seeded order for n = 1, 2, 4, … up to all of them (nested sets: the curve shows whether the

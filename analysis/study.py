@@ -1,88 +1,65 @@
-"""`fasland study`: train the methods of a protocol, then measure and show them side by side.
+"""`fasland study` as a Python function: `study(out, protocol, methods, preset, …)` trains the methods of a
+protocol, then measures and shows them side by side.
 
-Every step is one of the suite's own commands, so a study is exactly what a user could run by hand;
-each command resumes or skips finished work, so rerunning a study is quick.
+Every step calls one of the suite's command functions (training.commands.train, landscape.commands.surface,
+analysis.commands.hessian / .conflicts, landscape.exports.commands.export_*), so a study is exactly what a
+user could run by hand; each resumes or skips finished work, so rerunning a study is quick.
 """
 import json
 import shutil
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from training.data.protocols import PROTOCOLS
+from analysis.sizes import LABELS, LEAVE_ONE_OUT, SETTINGS
 from training.errors import FaslandError
 
-# Grid sizes and probe sizes per preset: `demo` fits the whole study in minutes on a 2-core CPU.
-SETTINGS = {
-    "demo": {"x1d": "-1:1:17", "x2d": "-1:1:11", "interpolation": "-0.5:1.5:13", "pca_points": 11,
-             "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0},
-    "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
-              "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80},
-}
-LEAVE_ONE_OUT = ("ICM2O", "OCM2I", "OCI2M", "OMI2C")
-LABELS = {"erm": "ERM", "sam": "SAM", "gacfas": "GAC-FAS", "rfm": "RFM"}
 WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 
-def register(sub) -> None:
-    p = sub.add_parser("study", help="train methods side by side, then surfaces, sharpness, conflicts, views and a report",
-                       description="The whole comparison in one command: trains each method (reusing finished runs), "
-                                   "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
-                                   "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
-                                   "view and writes report.md / report.html. Rerunning resumes.")
-    p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
-    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
-    p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
-    p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
-                   help="override the preset's analysis sizes, e.g. x2d=-1:1:5,max_samples=8,max_iter=5; keys: "
-                        + ", ".join(SETTINGS["demo"]) + " (grids are MIN:MAX:N)")
-    p.add_argument("--data", default=None, help="'synth' (default) or the root of the real datasets")
-    p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
-    p.add_argument("--seeds", default=None, metavar="S[,S...]",
-                   help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
-                        "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
-    p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
-    p.add_argument("--out", required=True, help="study directory")
-    p.set_defaults(run=run_study)
+def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
+          config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None) -> list[Path]:
+    """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
+    leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
+    sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
+    seeds: training seeds ('0,1,2' or a list; None: the preset's): one seed keeps out/<method>/, several give
+    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol."""
+    from training.data.protocols import PROTOCOLS
 
-
-def run_study(args) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
     unknown = [m for m in methods if m not in LABELS]
     if unknown or not methods:
         raise FaslandError(f"unknown method(s) {', '.join(unknown) or '(none)'} in --methods; use a comma-separated list of {', '.join(LABELS)}")
-    protocols = LEAVE_ONE_OUT if args.protocol == "all" else (args.protocol,)
+    protocols = LEAVE_ONE_OUT if protocol == "all" else (protocol,)
     for p in protocols:
         if p not in PROTOCOLS:
             raise FaslandError(f"unknown protocol '{p}'; use one of {', '.join(PROTOCOLS)} or 'all'")
-    settings = parse_sizes(args.sizes, SETTINGS[args.preset])
-    seeds = parse_seeds(args.seeds)
-    out = Path(args.out)
-    started = time.time()
+    if preset not in SETTINGS:
+        raise FaslandError(f"unknown preset '{preset}'; use one of {', '.join(SETTINGS)}")
+    settings = parse_sizes(sizes, SETTINGS[preset])
+    seeds = parse_seeds(seeds)
+    out = Path(out)
+    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures}
     reports = []
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
         if len(seeds) == 1:
-            reports.append(Study(p, methods, args.preset, settings, where, args, seeds[0]).run())
+            reports.append(Study(p, methods, preset, settings, where, options, seeds[0]).run())
         else:
-            studies = [Study(p, methods, args.preset, settings, where / f"seed_{s}", args, s) for s in seeds]
+            studies = [Study(p, methods, preset, settings, where / f"seed_{s}", options, s) for s in seeds]
             for st in studies:
                 st.run()
             reports.append(seeds_report(studies, where))
-    print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
-    return 0
+    return reports
 
 
-def parse_seeds(spec: str | None) -> list:
-    """`--seeds 0,1,2` → [0, 1, 2]; None → [None] (the preset's seed)."""
+def parse_seeds(spec) -> list:
+    """`--seeds 0,1,2` (or a list) → [0, 1, 2]; None → [None] (the preset's seed)."""
     if spec is None:
         return [None]
     try:
-        seeds = [int(v) for v in spec.split(",") if v.strip()]
+        seeds = [int(v) for v in (spec.split(",") if isinstance(spec, str) else spec) if str(v).strip()]
     except ValueError:
         raise FaslandError(f"--seeds {spec} is not a list of whole numbers; pass e.g. --seeds 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
@@ -90,14 +67,18 @@ def parse_seeds(spec: str | None) -> list:
     return seeds
 
 
-def parse_sizes(spec: str | None, preset: dict) -> dict:
-    """The preset's analysis sizes with `KEY=VALUE,...` overrides, each value parsed to the preset value's type."""
+def parse_sizes(spec: str | dict | None, preset: dict) -> dict:
+    """The preset's analysis sizes with overrides ('KEY=VALUE,...' or a dict), each value parsed to the
+    preset value's type."""
     from landscape.surface import parse_axis
 
     sizes = dict(preset)
-    for item in filter(None, (i.strip() for i in (spec or "").split(","))):
-        key, _, value = item.partition("=")
-        key = key.strip()
+    if isinstance(spec, dict):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    else:
+        pairs = [(k.strip(), v) for k, _, v in (i.strip().partition("=") for i in (spec or "").split(",") if i.strip())]
+    for key, value in pairs:
+        item = f"{key}={value}"
         if key not in sizes:
             raise FaslandError(f"unknown size '{key}' in --sizes {item}; use one of {', '.join(sizes)}")
         kind = type(sizes[key])
@@ -114,21 +95,15 @@ def parse_sizes(spec: str | None, preset: dict) -> dict:
     return sizes
 
 
-def cli(argv: list[str]) -> None:
-    """Run one fasland command; a failure stops the study (rerunning resumes from there)."""
-    from analysis.cli import main
-
-    if main([str(a) for a in argv]) != 0:
-        raise FaslandError(f"study step 'fasland {' '.join(str(a) for a in argv[:2])} …' failed (see above); fix it and rerun the study to resume")
-
-
 class Study:
     """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
 
-    def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, args, seed: int | None = None):
-        self.protocol, self.methods, self.preset, self.s, self.out, self.args = protocol, methods, preset, settings, out, args
-        self.seed = seed      # the training seed (None: the preset's)
-        self.device_flags = ["--device", args.device] + (["--threads", args.threads] if args.threads else [])
+    def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, options: dict,
+                 seed: int | None = None):
+        self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
+        self.options = options      # data, config, device, threads, figures
+        self.seed = seed            # the training seed (None: the preset's)
+        self.device = {"device": options["device"], "threads": options["threads"]}
         self.views = out / "views"
         self.step = 0
 
@@ -158,92 +133,96 @@ class Study:
 
     # ---- training -----------------------------------------------------------------------------
     def train(self, m: str) -> None:
+        from training.commands import train, train_summary
+
         self.say(f"train {LABELS[m]}")
-        argv = ["train", "--protocol", self.protocol, "--method", m, "--preset", self.preset,
-                *self.device_flags, "--out", self.run_dir(m)]
-        argv += ["--data", self.args.data] if self.args.data else []
-        argv += ["--config", self.args.config] if self.args.config else []
-        argv += ["--seed", self.seed] if self.seed is not None else []
-        cli(argv)
+        metrics = train(self.protocol, m, self.run_dir(m), preset=self.preset, data=self.options["data"],
+                        config=self.options["config"], seed=self.seed, **self.device)
+        print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
     # ---- surfaces -----------------------------------------------------------------------------
-    def surface(self, m: str, name: str, *flags) -> Path:
-        out = self.run_dir(m) / f"{name}.h5"
-        cli(["surface", "--checkpoint", self.ckpt(m), *flags, "--max-samples", self.s["max_samples"],
-             *self.device_flags, "--out", out])
+    def surface(self, out: Path, checkpoint: Path, x: str, y: str | None = None, **directions) -> Path:
+        from landscape.commands import surface, surface_summary
+
+        store = surface(checkpoint, out, x, y, max_samples=self.s["max_samples"], **directions, **self.device)
+        print(surface_summary(store, out, directions.get("dir_file")))
         return out
 
     def landscapes(self, m: str) -> None:
         """1-D and 2-D filter-normalized surfaces on shared directions (same seed, normalized to each
         model), then the plane of the trajectory's top-2 PCA directions with the path projected."""
         self.say(f"surfaces of {LABELS[m]}: 1-D, 2-D, trajectory PCA plane")
-        self.surface(m, "surface_1d", "--x", self.s["x1d"], "--seed", 0)
-        self.surface(m, "surface_2d", "--x", self.s["x2d"], "--y", self.s["x2d"], "--seed", 0)
-        dirs = self.run_dir(m) / "pca.dirs.h5"
+        d = self.run_dir(m)
+        self.surface(d / "surface_1d.h5", self.ckpt(m), self.s["x1d"], seed=0)
+        self.surface(d / "surface_2d.h5", self.ckpt(m), self.s["x2d"], self.s["x2d"], seed=0)
+        dirs = d / "pca.dirs.h5"
         if not dirs.exists():
             from landscape.directions import pca_directions, save_directions, trajectory_checkpoints
             from training.checkpoint import load_model
 
             model, _ = load_model(self.ckpt(m))
-            save_directions(dirs, pca_directions(model, trajectory_checkpoints(self.run_dir(m))))
+            save_directions(dirs, pca_directions(model, trajectory_checkpoints(d)))
         with h5py.File(dirs, "r") as f:
             px, py = np.asarray(f["proj_xcoord"]), np.asarray(f["proj_ycoord"])
         n = self.s["pca_points"]
-        self.surface(m, "surface_pca", "--dir-file", dirs, "--x", axis_around(px, n), "--y", axis_around(py, n))
+        self.surface(d / "surface_pca.h5", self.ckpt(m), axis_around(px, n), axis_around(py, n), dir_file=dirs)
 
     def interpolations(self) -> None:
         """θ_a → θ_b for the first method against each other: a = 0 is the first, a = 1 the other."""
         first = self.methods[0]
         for m in self.methods[1:]:
             self.say(f"interpolation {LABELS[first]} → {LABELS[m]}")
-            cli(["surface", "--checkpoint", self.ckpt(first), "--model2", self.ckpt(m), "--x", self.s["interpolation"],
-                 "--max-samples", self.s["max_samples"], *self.device_flags,
-                 "--out", self.out / f"interpolation_{first}_{m}.h5"])
+            self.surface(self.out / f"interpolation_{first}_{m}.h5", self.ckpt(first), self.s["interpolation"],
+                         model2=self.ckpt(m))
 
     # ---- sharpness and conflict ---------------------------------------------------------------
     # Always run: the commands themselves reuse every finished section of their file, and a file a kill
     # left between two sections (or made with other sizes) is completed rather than taken as done.
     def sharpness(self, m: str) -> None:
+        from analysis.commands import hessian, hessian_summary
+
         self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} eigenvalues, trace, per-domain λ_max")
         out = self.run_dir(m) / "hessian.json"
-        argv = ["hessian", "--checkpoint", self.ckpt(m), "--top-k", self.s["top_k"], "--tol", self.s["tol"],
-                "--max-iter", self.s["max_iter"], "--trace", "--trace-samples", self.s["trace_samples"], "--per-domain",
-                "--max-samples", self.s["max_samples"], *self.device_flags, "--out", out]
-        argv += ["--density", "--density-iter", self.s["density_iter"]] if self.s["density_iter"] else []
-        cli(argv)
+        r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
+                    trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
+                    density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, **self.device)
+        print(hessian_summary(r, out))
 
     def conflicts(self, m: str) -> None:
+        from analysis.commands import conflicts, conflicts_summary
+
         self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
         out = self.run_dir(m) / "conflicts.json"
-        cli(["conflicts", "--checkpoint", self.ckpt(m), "--at", "both", "--trajectory", self.run_dir(m),
-             "--max-samples", self.s["max_samples"], *self.device_flags, "--out", out])
+        r = conflicts(self.ckpt(m), out, at="both", trajectory=self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
+        print(conflicts_summary(r, out))
 
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
+        from landscape.exports.commands import export_html, export_png, export_vtk
+
         self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
         v, ms = self.views, self.methods
-        labels = ",".join(LABELS[m] for m in ms)
+        labels = [LABELS[m] for m in ms]
         by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d", "surface_pca")}
         for m in ms:
-            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--log", "--out", v / f"{m}_surface_2d"])
-            cli(["export", "vtk", self.run_dir(m) / "surface_pca.h5", "--log", "--out", v / f"{m}_surface_pca"])
-        cli(["export", "png", *by["surface_2d"], "--labels", labels, "--log", "--out", v / "surfaces_2d.png"])
-        cli(["export", "png", *by["surface_1d"], "--labels", labels, "--out", v / "curves_1d.png"])
-        cli(["export", "png", *by["surface_pca"], "--labels", labels, "--log", "--out", v / "trajectory_pca.png"])
+            export_vtk(self.run_dir(m) / "surface_2d.h5", v / f"{m}_surface_2d", log=True)
+            export_vtk(self.run_dir(m) / "surface_pca.h5", v / f"{m}_surface_pca", log=True)
+        export_png(by["surface_2d"], v / "surfaces_2d.png", labels=labels, log=True)
+        export_png(by["surface_1d"], v / "curves_1d.png", labels=labels)
+        export_png(by["surface_pca"], v / "trajectory_pca.png", labels=labels, log=True)
         interps = [self.out / f"interpolation_{ms[0]}_{m}.h5" for m in ms[1:]]
         if interps:
-            cli(["export", "png", *interps, "--labels", ",".join(f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]),
-                 "--out", v / "interpolations.png"])
-        cli(["export", "html", *by["surface_2d"], "--labels", labels, "--title", f"{self.protocol}: 2-D loss surfaces", "--out", v / "surfaces_2d.html"])
-        cli(["export", "html", *by["surface_1d"], "--labels", labels, "--title", f"{self.protocol}: 1-D loss curves", "--out", v / "curves_1d.html"])
-        cli(["export", "html", *by["surface_pca"], "--labels", labels, "--title", f"{self.protocol}: trajectory PCA planes", "--out", v / "trajectory_pca.html"])
-        cli(["export", "html", *[self.run_dir(m) / "hessian.json" for m in ms], "--labels", labels,
-             "--title", f"{self.protocol}: Hessian spectra", "--out", v / "hessian.html"])
-        cli(["export", "html", *[self.run_dir(m) / "conflicts.json" for m in ms], "--labels", labels,
-             "--title", f"{self.protocol}: gradient conflicts", "--out", v / "conflicts.html"])
+            export_png(interps, v / "interpolations.png", labels=[f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]])
+        for name, what in (("surface_2d", "2-D loss surfaces"), ("surface_1d", "1-D loss curves"), ("surface_pca", "trajectory PCA planes")):
+            page = {"surface_2d": "surfaces_2d", "surface_1d": "curves_1d", "surface_pca": "trajectory_pca"}[name]
+            export_html(by[name], v / f"{page}.html", labels=labels, title=f"{self.protocol}: {what}")
+        export_html([self.run_dir(m) / "hessian.json" for m in ms], v / "hessian.html", labels=labels,
+                    title=f"{self.protocol}: Hessian spectra")
+        export_html([self.run_dir(m) / "conflicts.json" for m in ms], v / "conflicts.html", labels=labels,
+                    title=f"{self.protocol}: gradient conflicts")
         self.screenshot()
-        if self.args.figures:
-            figs = Path(self.args.figures)
+        if self.options["figures"]:
+            figs = Path(self.options["figures"])
             figs.mkdir(parents=True, exist_ok=True)
             for name in ("surfaces_2d.png", "curves_1d.png", "trajectory_pca.png", "paraview.png"):
                 if (v / name).exists():
@@ -251,13 +230,15 @@ class Study:
 
     def screenshot(self) -> None:
         """A ParaView rendering of the last method's 2-D surface, where ParaView is installed."""
+        from landscape.exports.commands import export_vtk
+
         if shutil.which("pvbatch") is None or shutil.which("xvfb-run") is None and shutil.which("Xvfb") is None:
             print("ParaView (pvbatch) not found: skipping the screenshot; install Debian's paraview to get it")
             return
         shot = self.views / "paraview.png"
         if not shot.exists():
             m = self.methods[-1]
-            cli(["export", "vtk", self.run_dir(m) / "surface_2d.h5", "--log", "--out", self.views / f"{m}_surface_2d", "--screenshot", shot])
+            export_vtk(self.run_dir(m) / "surface_2d.h5", self.views / f"{m}_surface_2d", log=True, screenshot=shot)
 
     # ---- report -------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -381,10 +362,9 @@ def hessian_numbers(h: dict) -> dict:
     trace = trace.get("mean") if isinstance(trace, dict) else trace
     per = h.get("per_domain") or {}
     lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    spread = h.get("sampling") or {}     # `--sample-batches B`: the spread over B disjoint probe subsets
-    eig_spread, trace_spread = (spread.get("eigenvalues") or [{}])[0], spread.get("trace") or {}
+    spread = h.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
     return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
-            "ci_hessian": {"lambda_max": eig_spread.get("interval95"), "trace": trace_spread.get("interval95")}}
+            "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
 def conflict_numbers(c: dict) -> dict:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-FASLAND = [sys.executable, "-m", "analysis.cli"]
+FASLAND = [sys.executable, "-m", "fasland"]
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
 # the tiny training run of the issue: 2 epochs × 3 steps, 4 images per domain, 24 held-out images
@@ -71,9 +71,9 @@ class Result:
 
 
 def cli(argv) -> Result:
-    """`fasland ARGV` in this process (analysis.cli.main), stdout and stderr captured; argparse's exit
+    """`fasland ARGV` in this process (fasland.cli.main), stdout and stderr captured; argparse's exit
     becomes the exit code."""
-    from analysis.cli import main
+    from fasland.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -164,7 +164,7 @@ def mpi_rank_pids(pid: int) -> dict[int, int]:
             cmdline = Path(f"/proc/{c}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"analysis.cli" not in cmdline:
+        if b"\0fasland\0" not in cmdline:   # python -m fasland …
             continue
         for item in environ:
             if item.startswith(b"PMI_RANK="):

@@ -20,6 +20,7 @@ from reliability_fixtures import CONFIG, TINY_TRAIN, cli, full_disk, make_checkp
 
 SURF = ["--max-samples", "4", "--batch-size", "16", "--threads", "1"]
 TRAIN = ["train", "--protocol", "ICM2O", "--method", "erm", "--image-size", "32", "--threads", "1"]
+IMPORT = ["import", "--protocol", "ICM2O", "--image-size", "32"]
 READ_ONLY = "/sys/fasland-test"   # sysfs refuses new files even to root (chmod does not stop root)
 
 
@@ -160,6 +161,26 @@ CASES = [
     Case("conflicts-trajectory-without-epochs", ["conflicts", "--trajectory", "{d}/empty", "--out", "{t}/c.json"], ["{d}/empty"]),
     Case("conflicts-negative-rho", ["conflicts", "--checkpoint", "{d}/c.pt", "--rho", "-1", *SURF, "--out", "{t}/c.json"], ["--rho -1"]),
     Case("conflicts-nan-weights", ["conflicts", "--checkpoint", "{d}/nan.pt", *SURF, "--out", "{t}/c.json"], ["{d}/nan.pt"]),
+    # ---- import
+    Case("import-another-architecture", IMPORT + ["--format", "gacfas", "--checkpoint", "{d}/tv.pt", "--out", "{t}/c.pt"], ["{d}/tv.pt", "GAC-FAS"]),
+    Case("import-missing-key", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/tv_missing.pt", "--out", "{t}/c.pt"],
+         ["{d}/tv_missing.pt", "layer4.1.bn2.weight"]),
+    Case("import-extra-key", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/tv_extra.pt", "--out", "{t}/c.pt"],
+         ["{d}/tv_extra.pt", "extra.weight"]),
+    Case("import-head-of-three", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/tv_head3.pt", "--out", "{t}/c.pt"],
+         ["{d}/tv_head3.pt", "(3, 512)"]),
+    Case("import-live-index-out-of-range", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/tv.pt", "--live-index", "5",
+                                                     "--out", "{t}/c.pt"], ["--live-index 5"]),
+    Case("import-live-index-of-one-logit", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/tv.pt", "--live-index", "0",
+                                                     "--out", "{t}/c.pt"], ["--live-index 0", "one logit"]),
+    Case("import-factory-not-importable", IMPORT + ["--format", "module", "--model", "no_such_pkg.nets:build", "--checkpoint", "{d}/tv.pt",
+                                                    "--out", "{t}/c.pt"], ["no_such_pkg"]),
+    Case("import-factory-returns-no-module", IMPORT + ["--format", "module", "--model", "import_fixtures:not_a_module", "--checkpoint",
+                                                       "{d}/tv.pt", "--out", "{t}/c.pt"], ["import_fixtures:not_a_module", "nn.Module"]),
+    Case("import-no-config-no-protocol", ["import", "--format", "torchvision", "--checkpoint", "{d}/tv.pt", "--out", "{t}/c.pt"],
+         ["{d}/tv.pt", "--protocol"]),
+    Case("import-pickle-that-runs-code", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/evil.pt", "--out", "{t}/c.pt"],
+         ["{d}/evil.pt", "posix.system"]),
     # ---- study
     Case("study-unknown-method", ["study", "--methods", "erm,adam", "--out", "{t}/st"], ["adam"]),
     Case("study-unknown-protocol", ["study", "--protocol", "XYZ", "--out", "{t}/st"], ["'XYZ'"]),
@@ -195,6 +216,12 @@ def workspace(tmp_path_factory):
     make_checkpoint(d / "inf.pt", state={**state, "layer2.0.conv1.weight": state["layer2.0.conv1.weight"] * float("inf")})
     make_checkpoint(d / "no_protocol.pt", config={"data": {}})
     torch.save({"weights": torch.zeros(2)}, d / "foreign.pt")
+    import torchvision
+    tv = torchvision.models.resnet18(weights=None, num_classes=1).state_dict()     # files for fasland import
+    torch.save(tv, d / "tv.pt")
+    torch.save({k: v for k, v in tv.items() if k != "layer4.1.bn2.weight"}, d / "tv_missing.pt")
+    torch.save({**tv, "extra.weight": torch.zeros(3)}, d / "tv_extra.pt")
+    torch.save({**tv, "fc.weight": torch.zeros(3, 512), "fc.bias": torch.zeros(3)}, d / "tv_head3.pt")
     torch.save({"model": torch.zeros(3), "arch": "resnet18", "config": CONFIG, "epoch": 1, "metrics": {}}, d / "wrong_types.pt")
 
     (d / "file").write_text("a regular file, not a folder")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.cli import main
+from fasland.cli import main
 from export_fixtures import write_conflicts, write_hessian, write_surface
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

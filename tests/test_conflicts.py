@@ -227,14 +227,14 @@ sys.path.insert(0, {tests!r})
 from test_conflicts import CliNet, small_probe
 training.probe.load_probe = small_probe
 training.checkpoint.build_model = CliNet
-from analysis.cli import main
+from fasland.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_cli_trajectory_resume_and_two_mpi_ranks(tmp_path, monkeypatch, capsys):
-    from analysis import cli
-    from analysis.cli import main
+    from analysis import commands
+    from fasland.cli import main
 
     small_world(monkeypatch)
     run = tmp_path / "run"
@@ -259,8 +259,8 @@ def test_cli_trajectory_resume_and_two_mpi_ranks(tmp_path, monkeypatch, capsys):
 
     # a rerun reuses everything; a new epoch is the only new work
     calls = []
-    record = cli._conflict_record
-    monkeypatch.setattr(cli, "_conflict_record", lambda *a, **k: calls.append(1) or record(*a, **k))
+    record = commands._conflict_record
+    monkeypatch.setattr(commands, "_conflict_record", lambda *a, **k: calls.append(1) or record(*a, **k))
     assert main(argv) == 0 and calls == []
     assert json.loads(out.read_text())["trajectory"] == r["trajectory"]
     make_run(tmp_path / "more", epochs=(1, 2, 3))
@@ -292,7 +292,7 @@ def explicit_gradient_f32(model, probe, d):
 
 
 def test_cli_bad_input_is_one_sentence(tmp_path, capsys):
-    from analysis.cli import main
+    from fasland.cli import main
 
     assert main(["conflicts", "--out", str(tmp_path / "c.json")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
@@ -302,7 +302,7 @@ def test_cli_bad_input_is_one_sentence(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
     # an existing file that is not a conflicts result is never replaced
-    from analysis.cli import check_out
+    from analysis.commands import check_out
     from training.errors import FaslandError
     notes = tmp_path / "notes.json"
     notes.write_text('{"command": "hessian"}')

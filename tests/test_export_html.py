@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.cli import main
+from fasland.cli import main
 from export_fixtures import write_conflicts, write_hessian, write_surface
 from landscape.exports.html_page import curves_figure, surfaces_figure
 from landscape.exports.results_json import read_conflicts, read_hessian

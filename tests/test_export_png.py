@@ -6,7 +6,7 @@ import pytest
 from matplotlib.contour import ContourSet
 from PIL import Image
 
-from analysis.cli import main
+from fasland.cli import main
 from export_fixtures import write_surface
 from landscape.exports.figures import contour_figure, curves_figure, parse_levels
 from landscape.exports.surface_file import nice_levels, read_surfaces

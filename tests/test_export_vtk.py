@@ -6,7 +6,7 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkDataSetAttributes
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLStructuredGridReader
 
-from analysis.cli import main
+from fasland.cli import main
 from export_fixtures import write_surface
 
 MISSING = [(8, 6), (3, 2)]     # not done

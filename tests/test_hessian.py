@@ -296,7 +296,7 @@ def test_bad_arguments_are_one_sentence(tiny):
 
 
 def test_cli_hessian_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
-    from analysis.cli import main
+    from fasland.cli import main
     from test_conflicts import make_run, small_probe, small_world
     from training.checkpoint import file_hash, load_model
 

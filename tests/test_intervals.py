@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from analysis.intervals import client_subsets, conflict_interval, gram_cosine_replicates, subset_interval, within_noise
+from reliability_fixtures import tiny_run  # noqa: F401  (the session fixture)
 from test_metrics import brute_force
 from training.errors import FaslandError
 from training.metrics import client_intervals
@@ -128,3 +129,25 @@ def test_conflict_interval_brackets_the_full_data_cosines():
     lo, hi = np.array(r["cosines_low"]), np.array(r["cosines_high"])
     assert r["subsets"] == 4 and (lo <= C + 1e-9).all() and (C <= hi + 1e-9).all()
     assert r["conflict"][0] <= r["conflict"][1] and r["mean_cosine"][0] <= r["mean_cosine"][1]
+
+
+def test_conflicts_command_writes_the_theta_interval(tiny_run, tmp_path):
+    import json
+
+    from reliability_fixtures import cli
+
+    run, _ = tiny_run
+    out = tmp_path / "c.json"
+    r = cli(["conflicts", "--checkpoint", run / "checkpoint.pt", "--at", "theta", "--max-samples", "16", "--threads", "1",
+             "--out", out])
+    assert r.code == 0, r.err[-2000:]
+    theta = json.loads(out.read_text())["theta"]
+    ci = theta["interval"]
+    assert ci["subsets"] == 4 and ci["n_boot"] == 1000
+    assert (np.array(ci["cosines_low"]) <= np.array(ci["cosines_high"])).all()
+    assert 0 <= ci["conflict"][0] <= ci["conflict"][1] <= 1
+    r = cli(["conflicts", "--checkpoint", run / "checkpoint.pt", "--at", "theta", "--max-samples", "16", "--threads", "1",
+             "--interval-subsets", "0", "--out", tmp_path / "none.json"])
+    assert r.code == 0 and "interval" not in json.loads((tmp_path / "none.json").read_text())["theta"]
+    r = cli(["conflicts", "--checkpoint", run / "checkpoint.pt", "--interval-subsets", "-1", "--out", tmp_path / "bad.json"])
+    assert r.code == 2 and "--interval-subsets" in r.error_lines()[0] and not (tmp_path / "bad.json").exists()

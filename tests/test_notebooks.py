@@ -79,7 +79,7 @@ def test_study_tour(tmp_path, scratch, jupyter_path, monkeypatch):
     import torch
     import torch.nn.functional as F
 
-    from landscape.cli import data_fingerprint
+    from landscape.commands import data_fingerprint
     from training.checkpoint import load_model
     from training.probe import load_probe
 
@@ -123,6 +123,7 @@ def test_bring_your_own_model(tmp_path, scratch, jupyter_path, monkeypatch):
     check_cosines(r["cosines"], 3)
     check_cosines(r["cosines_with_target"], 4)
     np.testing.assert_allclose(np.asarray(r["cosines_with_target"])[:3, :3], r["cosines"], atol=1e-9)
+    assert r["imported_max_abs_diff"] <= 1e-6 and r["imported_train_loss"] > 0     # the module route gives the same model
     assert r["surface_centre"] == pytest.approx(r["probe_train_loss"], rel=1e-5)
     assert Path(r["surface_file"]).is_file()
 

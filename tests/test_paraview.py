@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.cli import main
+from fasland.cli import main
 from export_fixtures import write_surface
 
 PVBATCH, XVFB = shutil.which("pvbatch"), shutil.which("xvfb-run")

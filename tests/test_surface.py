@@ -206,7 +206,7 @@ def fasnet_checkpoint(path, seed, epoch=0):
 
 
 def fasland(*argv) -> int:
-    from analysis.cli import main
+    from fasland.cli import main
     return main(["surface", *map(str, argv)])
 
 

@@ -1,10 +1,4 @@
-"""`fasland train` and `fasland data`."""
-from pathlib import Path
-
-import torch
-import yaml
-
-from training.errors import FaslandError
+"""`fasland train` and `fasland data`: the parsers; the work is training.commands (fasland/cli.py dispatches)."""
 
 
 def register(sub) -> None:
@@ -35,60 +29,19 @@ def register(sub) -> None:
     p.set_defaults(run=run_data)
 
 
-def read_yaml(path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise FaslandError(f"config file '{path}' not found; pass a YAML file with sections data, model, hparams, train")
-    try:
-        cfg = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FaslandError(f"config file '{path}' is not valid YAML (line {getattr(getattr(e, 'problem_mark', None), 'line', '?')}); fix its syntax") from None
-    if not isinstance(cfg, dict):
-        raise FaslandError(f"config file '{path}' holds a YAML {type(cfg).__name__}, not a mapping; write sections such as 'train: {{epochs: 2}}' (data, model, hparams, train)")
-    return cfg
-
-
-def run_config(args) -> dict:
-    """The preset, then the --config file, then the single-value flags; paths stored resolved."""
-    from training.data.protocols import parse_protocol
-    from training.presets import make_config
-
-    parse_protocol(args.protocol)
-    overrides = read_yaml(args.config) if args.config else {}
-    flags = {}
-    for value, section, key in ((args.data, "data", "root"), (args.image_size, "data", "image_size"),
-                                (args.epochs, "train", "epochs"), (args.seed, "train", "seed"),
-                                (args.keep_checkpoints, "train", "save_every"),
-                                (args.pretrained, "model", "pretrained")):
-        if value is not None:
-            flags.setdefault(section, {})[key] = value
-    return make_config(args.protocol, args.method, args.preset, overrides, flags)
-
-
-def asks_for_rules(args) -> bool:
-    """The --config file sets the warming or head-only epochs itself: a method that then never applies its
-    own update does so because the user asked (trainer.check_update_rules)."""
-    section = (read_yaml(args.config) if args.config else {}).get("train")
-    return isinstance(section, dict) and bool({"minimizer_warming", "head_only_epochs"} & set(section))
-
-
 def run_train(args) -> int:
-    from training.device import pick_device
-    from training.trainer import train
+    from training.commands import train, train_summary
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = run_config(args)
-    metrics = train(config, args.out, pick_device(args.device), asked_rules=asks_for_rules(args))
-    f = metrics["final"]["target"]
-    print(f"{args.method} {args.protocol}: target HTER {100 * f['hter']:.2f}%  AUC {100 * f['auc']:.2f}%  "
-          f"(sources HTER {100 * metrics['final']['sources']['hter']:.2f}%)  → {args.out}")
+    metrics = train(args.protocol, args.method, args.out, preset=args.preset, config=args.config, data=args.data,
+                    image_size=args.image_size, epochs=args.epochs, seed=args.seed, pretrained=args.pretrained,
+                    keep_checkpoints=args.keep_checkpoints, device=args.device, threads=args.threads)
+    print(train_summary(metrics, args.method, args.protocol, args.out))
     return 0
 
 
 def run_data(args) -> int:
-    from training.data.synth import write_synth
+    from training.commands import data_synth
 
-    for path in write_synth(args.out, image_size=args.image_size, seed=args.seed):
+    for path in data_synth(args.out, image_size=args.image_size, seed=args.seed):
         print(path)
     return 0

@@ -62,11 +62,21 @@ def resolve_paths(config: dict) -> dict:
     """data.root (unless 'synth') and model.pretrained as resolved absolute paths: a run started from another
     folder finds them, and one folder given relative or absolute is one configuration."""
     d, m = config["data"], config["model"]
-    if isinstance(d.get("root"), str) and d["root"] != "synth":
-        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    if isinstance(d.get("root"), str):
+        d["root"] = resolved_root(d["root"])
     if isinstance(m.get("pretrained"), str):
-        m["pretrained"] = str(Path(m["pretrained"]).expanduser().resolve())
+        m["pretrained"] = resolved(m["pretrained"])
     return config
+
+
+def resolved(path) -> str:
+    """A path as stored in configs and provenance: absolute, symlinks and '..' resolved, '~' expanded."""
+    return str(Path(path).expanduser().resolve())
+
+
+def resolved_root(root: str) -> str:
+    """A data root as stored: 'synth' as it is, a folder resolved."""
+    return root if str(root) == "synth" else resolved(root)
 
 
 def merge(base: dict, overrides: dict, path: str = "") -> dict:

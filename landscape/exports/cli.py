@@ -1,5 +1,5 @@
-"""`fasland export {vtk,html,png}` (see analysis/cli.py for the dispatcher). Heavy imports (vtk, plotly,
-matplotlib) happen only when the subcommand runs."""
+"""`fasland export {vtk,html,png}`: the parsers; the work is landscape.exports.commands (fasland/cli.py
+dispatches). Heavy imports (vtk, plotly, matplotlib) happen only when the subcommand runs."""
 import argparse
 
 
@@ -55,36 +55,25 @@ def register(sub) -> None:
 
 
 def run_vtk(args) -> int:
-    from landscape.exports.surface_file import read_surface
-    from landscape.exports.vtk_files import export_vtk
+    from landscape.exports.commands import export_vtk
 
-    files = export_vtk(read_surface(args.surface), args.out, args.surf_name, args.log, args.zmax, args.zscale)
+    files = export_vtk(args.surface, args.out, args.surf_name, args.log, args.zmax, args.zscale, args.screenshot, args.size)
     for kind, path in files.items():
         print(f"{kind:>10}: {path}")
-    if args.screenshot:
-        from landscape.exports.paraview_scene import render
-
-        print(f"{'screenshot':>10}: {render(files['scene'], args.screenshot, args.size)}")
-    else:
+    if not args.screenshot:
         print(f"ParaView: pvpython {files['scene']} --interact   (or: xvfb-run -a pvbatch {files['scene']} --screenshot view.png)")
     return 0
 
 
 def run_html(args) -> int:
-    from landscape.exports.html_page import export_html
-    from landscape.exports.sources import parse_labels
+    from landscape.exports.commands import export_html
 
-    out = export_html(args.inputs, args.out, args.surf_name, args.log, args.zmax,
-                      parse_labels(args.labels, len(args.inputs)), args.title)
-    print(out)
+    print(export_html(args.inputs, args.out, args.surf_name, args.log, args.zmax, args.labels, args.title))
     return 0
 
 
 def run_png(args) -> int:
-    from landscape.exports.figures import export_png, parse_levels
-    from landscape.exports.sources import parse_labels
+    from landscape.exports.commands import export_png
 
-    out = export_png(args.surfaces, args.out, args.surf_name, args.log, args.zmax,
-                     parse_labels(args.labels, len(args.surfaces)), parse_levels(args.levels), args.dpi)
-    print(out)
+    print(export_png(args.surfaces, args.out, args.surf_name, args.log, args.zmax, args.labels, args.levels, args.dpi))
     return 0

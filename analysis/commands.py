@@ -1,0 +1,375 @@
+"""`fasland hessian` and `fasland conflicts` as Python functions that return their result.
+
+    hessian(checkpoint, out=None, top_k=1, solver="lanczos", trace=False, density=False, per_domain=False, …)
+    conflicts(checkpoint=None, out=None, at="both", rho=None, …, trajectory=None, …)
+
+Each loads the checkpoint's model θ (eval mode) and its probe, computes the sections asked for and, given
+`out`, rewrites that JSON after each section, reusing the sections an earlier run of the same checkpoint,
+probe and settings left there. Under `mpiexec` every rank calls the function alike. The math is
+analysis.hessian / analysis.conflicts; the CLI (analysis/cli.py) only parses and prints.
+"""
+import json
+import os
+from pathlib import Path
+
+from analysis import hessian as hs
+from landscape.commands import check_positive, set_threads, warn_unsettled
+from training.presets import resolved
+from training.errors import FaslandError
+
+PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None}
+
+
+def read_previous(path) -> dict:
+    """An earlier result at `path` to resume from, or {} (missing or unreadable: start afresh)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path, obj) -> None:
+    """JSON to a temporary file beside `path`, then renamed over it: a kill never leaves a torn file."""
+    from training.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def check_out(path, command: str) -> None:
+    """Before any work: `out` must be a file we may write, and an existing file there must be an earlier
+    result of this command (it is resumed), never someone else's file (it would be replaced)."""
+    p = Path(path)
+    if p.is_dir():
+        raise FaslandError(f"--out '{path}' is a folder; pass a file name such as {p / (command + '.json')}")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FaslandError(f"cannot write '{path}': '{folder}' is a file, not a folder; choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FaslandError(f"cannot write '{path}' (permission denied in '{folder}'); choose a writable output folder for --out")
+    if p.exists():
+        try:
+            previous = json.loads(p.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("command") != command:
+            raise FaslandError(f"'{path}' exists and is not a result of 'fasland {command}'; choose another --out or remove that file")
+
+
+def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=256, device="auto", threads=None):
+    """On every rank: threads, device, the model θ (eval) and the probe, rank 0 first (it fills the data cache);
+    rank 0 checks `out` before that. Returns (world, device, model, ckpt, probe, data_spec)."""
+    from analysis.mpi_reduce import world as mpi_world
+    from landscape import mpi
+    from training.checkpoint import load_model
+    from training.device import pick_device
+    from training.presets import resolved_root
+    from training.probe import load_probe
+
+    w = mpi_world()
+    check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads)
+    if out is not None:
+        mpi.on_root(w.comm, lambda: check_out(out, command))
+
+    def load():
+        set_threads(threads, w.comm)
+        dev = pick_device(device)
+        model, ckpt = load_model(checkpoint, dev)
+        config = ckpt["config"]
+        if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
+            raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+        return dev, model, ckpt
+
+    dev, model, ckpt = mpi.on_every_rank(w.comm, load)
+    config = ckpt["config"]
+    probe = None
+
+    def load_data():
+        nonlocal probe
+        probe = probe or load_probe(config, dev, max_samples, batch_size, data=data)
+
+    mpi.on_root(w.comm, load_data)          # rank 0 alone first: it fills the data cache
+    mpi.on_every_rank(w.comm, load_data)
+    if w.rank == 0:
+        warn_unsettled(command, probe, model, ckpt.get("metrics"))
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
+                 "max_samples": max_samples, "batch_size": batch_size, "bn": probe.bn,
+                 "sources": list(probe.sources), "target": probe.target,
+                 "samples": {d: int(len(y)) for d, (_, y) in probe.domains.items()}}
+    return w, dev, model, ckpt, probe, data_spec
+
+
+def progress_bar(w, total, desc, unit: str):
+    """A tqdm bar on rank 0 counting `unit`s ("hvp", "grad", "checkpoint")."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=w.rank != 0, dynamic_ncols=True)
+
+
+# ---- fasland hessian -------------------------------------------------------------------------------
+
+def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", tol: float = hs.TOL,
+            max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
+            density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
+            per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, data=None, max_samples: int = 256,
+            batch_size: int = 256, device: str = "auto", threads: int | None = None) -> dict:
+    """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues
+    (solver "lanczos" or PyHessian's "power"), with trace=True tr H by Hutchinson, with density=True the
+    SLQ spectral density, with per_domain=True λ_max of each source domain and of the target.
+
+    Sections are computed in turn and `out` rewritten after each; a section already there with the same
+    checkpoint, probe and settings is reused. Returns the result dict (the JSON's content)."""
+    import time
+
+    from analysis.mpi_reduce import shard
+    from training.checkpoint import file_hash
+    from training.provenance import versions
+
+    check_positive(top_k=top_k, tol=tol, max_iter=max_iter, trace_samples=trace_samples, density_iter=density_iter,
+                   density_runs=density_runs)
+    if trace and trace_samples < 2:
+        raise FaslandError(f"--trace-samples {trace_samples} is too few for a standard error; pass at least 2")
+    w, dev, model, ckpt, probe, data_spec = setup(checkpoint, out, "hessian", data, max_samples, batch_size, device, threads)
+    sha = file_hash(checkpoint)
+    key = {"checkpoint_sha256": sha, "data": data_spec}
+    previous = read_previous(out) if out is not None and w.rank == 0 else {}
+    previous = w.agree(previous if previous.get("key") == key else {})
+    result = {
+        "command": "hessian", "method": ckpt["config"].get("method"), "checkpoint": str(checkpoint), "key": key,
+        "provenance": {"checkpoint": resolved(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
+                       "data": data_spec, "seed": seed, "hvp": hvp, "mpi_ranks": w.size, "device": str(dev),
+                       "versions": versions()},
+        "sections": {},
+    }
+    eig = {"top_k": top_k, "method": solver, "tol": tol, "max_iter": max_iter, "seed": seed}
+    wanted = [("eigenvalues", eig)]
+    if trace:
+        wanted.append(("trace", {"n_samples": trace_samples, "seed": seed}))
+    if density:
+        wanted.append(("density", {"n_iter": density_iter, "n_runs": density_runs, "seed": seed}))
+    if per_domain:
+        wanted += [(f"per_domain/{d}", {**eig, "top_k": 1}) for d in (*probe.sources, probe.target)]
+    # keep what an earlier run of this checkpoint and probe computed, settings and all
+    for name, settings in previous.get("sections", {}).items():
+        result["sections"][name] = settings
+        _copy_section(previous, result, name)
+
+    def operator(which):
+        # contiguous images: double backward through convolutions is ~30% slower on channels_last on CPU
+        batches = [(x.contiguous(), y) for x, y in shard(probe.batches(which), w.rank, w.size)]
+        return hs.Hessian(model, probe.loss_fn, batches, hvp, w)
+
+    def save():
+        if out is not None and w.rank == 0:
+            write_json(out, result)
+
+    for name, settings in wanted:
+        if result["sections"].get(name, {}).get("settings") == settings:
+            continue
+        started = time.perf_counter()
+        if name == "eigenvalues":
+            H = operator("train")
+            H.progress = bar = progress_bar(w, max_iter * (top_k if solver == "power" else 1), f"top-{top_k} eigenvalues", "hvp")
+            result["eigenvalues"] = hs.top_eigenvalues(H, top_k, tol, solver, seed, max_iter)
+            result["train_loss"] = H.loss()
+        elif name == "trace":
+            H = operator("train")
+            H.progress = bar = progress_bar(w, trace_samples, "trace", "hvp")
+            t = hs.trace(H, trace_samples, seed=seed, method="hutchinson")
+            result["trace"] = {"mean": t.mean, "stderr": t.stderr, "n_samples": len(t.samples), "samples": t.samples}
+        elif name == "density":
+            H = operator("train")
+            H.progress = bar = progress_bar(w, density_iter * density_runs, "density", "hvp")
+            nodes, weights = hs.slq(H, density_iter, density_runs, seed)
+            grid, dens, sigma = hs.broaden(nodes, weights)
+            result["density"] = {"grid": grid.tolist(), "density": dens.tolist(), "sigma": sigma,
+                                 "nodes": nodes, "weights": weights}
+        else:
+            d = name.split("/", 1)[1]
+            H = operator(d)
+            H.progress = bar = progress_bar(w, max_iter, f"λ_max {d}", "hvp")
+            lam = hs.top_eigenvalues(H, 1, tol, solver, seed, max_iter)[0]
+            result.setdefault("per_domain", {})[d] = {"lambda_max": lam, "role": "target" if d == probe.target else "source",
+                                                     "samples": data_spec["samples"][d]}
+        bar.close()
+        result["sections"][name] = {"settings": settings, "hvps": H.calls, "seconds": round(time.perf_counter() - started, 3)}
+        del H
+        save()
+    save()
+    return result
+
+
+def _copy_section(previous: dict, result: dict, name: str) -> None:
+    if name.startswith("per_domain/"):
+        d = name.split("/", 1)[1]
+        if d in previous.get("per_domain", {}):
+            result.setdefault("per_domain", {})[d] = previous["per_domain"][d]
+        return
+    for key in {"eigenvalues": ("eigenvalues", "train_loss")}.get(name, (name,)):
+        if key in previous:
+            result[key] = previous[key]
+
+
+def hessian_summary(r: dict, out) -> str:
+    """What `fasland hessian` prints: the result's numbers in a few lines."""
+    data = r["provenance"]["data"]
+    lines = [f"Hessian of {r['checkpoint']} ({data['protocol']}, "
+             f"{sum(data['samples'][d] for d in data['sources'])} source images, eval mode)"]
+    rows = [(f"λ_{i + 1}", f"{v:.6g}") for i, v in enumerate(r.get("eigenvalues", []))]
+    if "trace" in r:
+        rows.append(("trace", f"{r['trace']['mean']:.6g} ± {r['trace']['stderr']:.2g} ({r['trace']['n_samples']} samples)"))
+    if "density" in r:
+        nodes = [x for run in r["density"]["nodes"] for x in run]
+        rows.append(("density", f"SLQ nodes in [{min(nodes):.4g}, {max(nodes):.4g}], σ = {r['density']['sigma']:.3g}"))
+    for d, v in r.get("per_domain", {}).items():
+        rows.append((f"λ_max {d} ({v['role']})", f"{v['lambda_max']:.6g}"))
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        lines.append(f"  {a:<{width}}  {b}")
+    lines.append(f"written: {out}")
+    return "\n".join(lines)
+
+
+# ---- fasland conflicts -----------------------------------------------------------------------------
+
+def conflict_settings(ckpt, at="both", rho=None, eta=None, alpha=None, adaptive=None, official_accumulation=None) -> dict:
+    """ρ, η, α, adaptive, official_accumulation: the given values, else the checkpoint's hparams, else GAC-FAS's
+    (and SAM's for `adaptive`) defaults, read through the one registry training.algorithms.hparams."""
+    from training.algorithms import hparams
+
+    g, sam = hparams("gacfas", ckpt.get("config")), hparams("sam", ckpt.get("config"))
+    return {"at": at,
+            "rho": rho if rho is not None else float(g["rho"]),
+            "eta": eta if eta is not None else float(g["eta"]),
+            "alpha": alpha if alpha is not None else float(g["alpha"]),
+            "adaptive": bool(adaptive if adaptive is not None else sam["adaptive"]),
+            "official_accumulation": bool(official_accumulation if official_accumulation is not None
+                                          else g["official_accumulation"])}
+
+
+def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
+    from analysis.conflicts import conflicts as cosines_and_ascents
+
+    r = cosines_and_ascents(model, probe.loss_fn, {d: probe.batches(d) for d in probe.sources}, at=s["at"], rho=s["rho"],
+                            eta=s["eta"], alpha=s["alpha"], adaptive=s["adaptive"],
+                            official_accumulation=s["official_accumulation"], world=world, progress=progress)
+    r["summary"] = {"conflict_theta": r["theta"]["conflict"]}
+    if "sam" in r:
+        r["summary"].update(conflict_sam=r["sam"]["conflict"], conflict_gacfas=r["gacfas"]["generalization"]["conflict"],
+                            mean_alignment_cosine=sum(r["gacfas"]["alignment_cosine"].values()) / len(r["domains"]))
+    return r
+
+
+def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None = None, eta: float | None = None,
+              alpha: float | None = None, adaptive: bool | None = None, official_accumulation: bool | None = None,
+              trajectory=None, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
+              threads: int | None = None, interval_subsets: int = 4) -> dict:
+    """Per-domain gradient cosines of a checkpoint at θ (at="theta"), also at SAM's and each domain's GAC-FAS
+    ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt.
+    ρ, η, α, adaptive, official_accumulation default to the checkpoint's hparams, else GAC-FAS's.
+    The checkpoint's cosines at θ get 95% intervals (theta.interval, analysis.intervals.conflict_interval) from
+    `interval_subsets` client subsets per domain (0: none; capped at the clients of the smallest domain; one rank only).
+
+    The checkpoint's record first (its domain gradients spread over ranks), then each trajectory checkpoint
+    not yet in `out` (one per rank at a time); `out` is rewritten after each. Returns the result dict."""
+    from analysis.conflicts import work_units
+    from landscape import mpi
+    from training.checkpoint import file_hash, load_model, trajectory_checkpoints
+    from training.provenance import versions
+
+    if checkpoint is None:
+        if trajectory is None:
+            raise FaslandError("pass --checkpoint CKPT, --trajectory RUN_DIR, or both")
+        final = Path(trajectory) / "checkpoint.pt"
+        steps = trajectory_checkpoints(trajectory)
+        checkpoint = str(final) if final.is_file() else None
+    else:
+        steps = trajectory_checkpoints(trajectory) if trajectory else []
+    for name, value in (("rho", rho), ("eta", eta), ("alpha", alpha)):
+        if value is not None and value < 0:
+            raise FaslandError(f"--{name} {value} must not be negative; pass e.g. --{name} 0.1")
+    anchor = checkpoint or str(steps[-1])     # its config gives the probe
+    w, dev, model, ckpt, probe, data_spec = setup(anchor, out, "conflicts", data, max_samples, batch_size, device, threads)
+    s = conflict_settings(ckpt, at, rho, eta, alpha, adaptive, official_accumulation)
+    if interval_subsets < 0:
+        raise FaslandError(f"--interval-subsets {interval_subsets} must not be negative; pass e.g. --interval-subsets 4 (0: no interval)")
+    s["interval_subsets"] = interval_subsets
+    key = {"data": data_spec, "settings": s}
+    previous = read_previous(out) if out is not None and w.rank == 0 else {}
+    previous = w.agree(previous if previous.get("key") == key else {})
+    k = len(probe.sources)
+    checkpoint = None if checkpoint is None else str(checkpoint)
+    result = {"command": "conflicts", "method": ckpt["config"].get("method"), "checkpoint": checkpoint, "key": key,
+              "provenance": {"checkpoint": checkpoint and resolved(checkpoint), "data": data_spec, "settings": s, "mpi_ranks": w.size,
+                             "device": str(dev), "versions": versions()},
+              "domains": list(probe.sources)}
+
+    def save():
+        if out is not None and w.rank == 0:
+            write_json(out, result)
+
+    if checkpoint is not None:
+        sha = file_hash(checkpoint)
+        result["provenance"]["checkpoint_sha256"] = sha
+        if previous.get("provenance", {}).get("checkpoint_sha256") == sha and "theta" in previous:
+            result.update({n: previous[n] for n in ("theta", "sam", "gacfas", "summary") if n in previous})
+        else:
+            bar = progress_bar(w, work_units(s["at"], k), "conflicts at θ" + (" and ascent points" if s["at"] != "theta" else ""), "grad")
+            result.update({n: v for n, v in _conflict_record(model, probe, s, w, bar).items() if n != "domains"})
+            bar.close()
+            subsets = min([interval_subsets] + [len(set(probe.clients[d].tolist())) if d in probe.clients else 0
+                                                for d in probe.sources])
+            if subsets >= 2 and w.size == 1:
+                from analysis.intervals import conflict_interval
+
+                result["theta"]["interval"] = conflict_interval(model, probe, subsets)
+        save()
+    if steps:
+        done = {e.get("sha256"): e for e in previous.get("trajectory", []) if isinstance(e, dict)}
+        hashes = w.agree([file_hash(p) for p in steps] if w.rank == 0 else None)
+        result["trajectory"] = [done[h] for h in hashes if h in done]
+        todo = [(p, h) for p, h in zip(steps, hashes) if h not in done]
+        bar = progress_bar(w, len(todo), f"conflicts over {len(steps)} checkpoints", "checkpoint")
+        for start in range(0, len(todo), w.size):
+            mine = todo[start + w.rank] if start + w.rank < len(todo) else None
+
+            def record():
+                if mine is None:
+                    return None
+                m, c = load_model(mine[0], dev)
+                return {"checkpoint": mine[0].name, "epoch": c.get("epoch"), "sha256": mine[1],
+                        **{n: v for n, v in _conflict_record(m, probe, s).items() if n != "domains"}}
+
+            entries = w.gather(mpi.on_every_rank(w.comm, record))
+            if w.rank == 0:
+                result["trajectory"] += [e for e in entries if e is not None]
+                result["trajectory"].sort(key=lambda e: (e.get("epoch") is None, e.get("epoch") or 0, e["checkpoint"]))
+                bar.update(sum(e is not None for e in entries))
+                save()
+        bar.close()
+    save()
+    return result
+
+
+def conflicts_summary(r: dict, out) -> str:
+    """What `fasland conflicts` prints: the result's numbers in a few lines."""
+    lines, doms = [], r["domains"]
+    if "theta" in r:
+        lines.append(f"gradient conflicts of {r['checkpoint']} over sources {', '.join(doms)} (eval mode)")
+        width = max(len(d) for d in doms)
+        lines.append("  cosines at θ:")
+        for d, row in zip(doms, r["theta"]["cosines"]):
+            lines.append(f"    {d:<{width}} " + " ".join(f"{c:+.3f}" for c in row))
+        s = r["summary"]
+        line = f"  conflict at θ {s['conflict_theta']:.4f}"
+        if "conflict_sam" in s:
+            line += (f", at SAM's ascent point {s['conflict_sam']:.4f}, among GAC-FAS ascent gradients {s['conflict_gacfas']:.4f}; "
+                     f"mean alignment cosine {s['mean_alignment_cosine']:+.4f}")
+        lines.append(line)
+    if r.get("trajectory"):
+        lines.append("  over training: " + ", ".join(f"epoch {e['epoch']}: {e['summary']['conflict_theta']:.3f}" for e in r["trajectory"]))
+    lines.append(f"written: {out}")
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+import sys
+
+from fasland.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Every command is a Python function with plain arguments (no argv): each is called here directly and its
+result checked against an independent computation; the entry point imports nothing heavy."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def no_argv(monkeypatch):
+    """Any use of the command line from inside a command function fails the test."""
+    import fasland.cli
+
+    monkeypatch.setattr(fasland.cli, "main", lambda *a, **k: pytest.fail("a command function went through argv"))
+
+
+def test_surface_function_equals_the_probe_at_theta(tmp_path, monkeypatch):
+    from landscape.commands import directions_path, surface
+    from landscape.store import read_store
+    from test_surface import fasnet_checkpoint, probe_of
+
+    no_argv(monkeypatch)
+    ckpt = fasnet_checkpoint(tmp_path / "a.pt", 0)
+    store = surface(ckpt, tmp_path / "s.h5", [-0.5, 0.0, 0.5], max_samples=16, threads=1)
+    assert store.done.all() and directions_path(tmp_path / "s.h5").is_file()
+    at_theta = probe_of(ckpt)
+    for name in ("train_loss", "test_loss", "loss_I"):
+        assert store.arrays[name][1] == pytest.approx(float(at_theta[name]), rel=1e-5)
+    # the same surface as a MIN:MAX:N spec is the same file: resumed, nothing recomputed
+    again = surface(ckpt, tmp_path / "s.h5", "-0.5:0.5:3", max_samples=16, threads=1)
+    np.testing.assert_array_equal(read_store(tmp_path / "s.h5").arrays["train_loss"], again.arrays["train_loss"])
+
+
+def test_hessian_function_equals_the_dense_hessian_and_writes_only_when_asked(tmp_path, monkeypatch):
+    from analysis import hessian as hs
+    from analysis.commands import hessian
+    from test_conflicts import make_run, small_probe, small_world
+    from training.checkpoint import load_model
+
+    no_argv(monkeypatch)
+    small_world(monkeypatch)
+    make_run(tmp_path / "run", epochs=(1,))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    r = hessian(ckpt, top_k=2, trace=True, trace_samples=4, threads=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]          # no out: nothing written
+    model, _ = load_model(ckpt)
+    probe = small_probe(None)
+    dense = hs.Hessian(model, probe.loss_fn, probe.batches("train")).dense().double().numpy()
+    want = np.linalg.eigvalsh((dense + dense.T) / 2)[::-1][:2]
+    assert np.max(np.abs(np.array(r["eigenvalues"]) - want) / np.abs(want)) < 1e-3
+    assert r["trace"]["n_samples"] == 4
+    out = tmp_path / "h.json"
+    written = hessian(ckpt, out, top_k=2, threads=1)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(written))
+
+
+def test_hessian_command_and_python_api_share_their_defaults():
+    import inspect
+
+    from analysis import hessian as hs
+    from analysis.commands import hessian
+
+    cmd = inspect.signature(hessian).parameters
+    assert cmd["tol"].default == inspect.signature(hs.hessian_eigenvalues).parameters["tol"].default
+    assert cmd["max_iter"].default == inspect.signature(hs.hessian_eigenvalues).parameters["max_iter"].default
+    assert cmd["trace_samples"].default == inspect.signature(hs.hessian_trace).parameters["n_samples"].default
+    assert inspect.signature(hs.hessian_trace).parameters["tol"].default == hs.TRACE_TOL
+    assert cmd["density_iter"].default == inspect.signature(hs.hessian_density).parameters["n_iter"].default
+
+
+def test_conflicts_function_equals_explicit_gradients(tmp_path, monkeypatch):
+    from analysis.commands import conflicts
+    from test_conflicts import explicit_gradient_f32, make_run, np_cosines, small_probe, small_world
+    from training.checkpoint import load_model
+
+    no_argv(monkeypatch)
+    small_world(monkeypatch)
+    make_run(tmp_path / "run", epochs=(1,))
+    r = conflicts(tmp_path / "run" / "checkpoint.pt", at="theta", threads=1)
+    model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
+    probe = small_probe(None)
+    G = np.stack([explicit_gradient_f32(model, probe, d) for d in "ICM"])
+    assert r["domains"] == ["I", "C", "M"] and "sam" not in r
+    assert np.max(np.abs(np.array(r["theta"]["cosines"]) - np_cosines(G))) < 1e-5
+
+
+def test_export_vtk_function_writes_the_surface_heights(tmp_path):
+    from export_fixtures import write_surface
+    from landscape.exports.commands import export_vtk
+    from test_export_vtk import point_arrays, read
+
+    truth = write_surface(tmp_path / "s.h5", nx=5, ny=4)
+    files = export_vtk(tmp_path / "s.h5", tmp_path / "v" / "s", zscale=1.0)
+    assert set(files) == {"grid", "surface", "trajectory", "scene"} and all(Path(p).is_file() for p in files.values())
+    height = point_arrays(read(files["grid"]))["height"]
+    np.testing.assert_allclose(height, truth["arrays"]["train_loss"].ravel(order="F"), rtol=1e-6)
+
+
+def test_study_function_runs_without_argv(tmp_path, monkeypatch):
+    from analysis.study import study
+    from reliability_fixtures import TINY_TRAIN
+
+    no_argv(monkeypatch)
+    sizes = {"x1d": "-1:1:3", "x2d": "-1:1:2", "pca_points": 2, "max_samples": 4, "top_k": 1, "max_iter": 2,
+             "trace_samples": 2}
+    config = {"data": {"image_size": 32}, "train": {**TINY_TRAIN["train"], "epochs": 2}}
+    [report] = study(tmp_path / "st", methods=["erm"], sizes=sizes, config=config, threads=1)
+    assert report == tmp_path / "st" / "report.md"
+    h = json.loads((tmp_path / "st" / "erm" / "hessian.json").read_text())
+    row = next(l for l in report.read_text().splitlines() if l.startswith("| ERM |"))
+    assert f"{h['eigenvalues'][0]:.4g}" in row
+
+
+def test_entry_point_and_parsers_import_nothing_heavy():
+    code = ("import sys, fasland.cli; fasland.cli.parser(); "
+            "print(sorted(m for m in ('torch', 'h5py', 'numpy', 'scipy', 'yaml', 'analysis.study') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert r.stdout.strip() == "[]"
+    found = subprocess.run(["grep", "-rn", "cli([", str(ROOT / "analysis")], capture_output=True, text=True)
+    assert found.stdout == ""

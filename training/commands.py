@@ -1,0 +1,75 @@
+"""`fasland train` and `fasland data` as Python functions (training/cli.py only parses and prints)."""
+from pathlib import Path
+
+from training.errors import FaslandError
+
+
+def read_yaml(path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FaslandError(f"config file '{path}' not found; pass a YAML file with sections data, model, hparams, train")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FaslandError(f"config file '{path}' is not valid YAML (line {getattr(getattr(e, 'problem_mark', None), 'line', '?')}); fix its syntax") from None
+    if not isinstance(cfg, dict):
+        raise FaslandError(f"config file '{path}' holds a YAML {type(cfg).__name__}, not a mapping; write sections such as 'train: {{epochs: 2}}' (data, model, hparams, train)")
+    return cfg
+
+
+def run_config(protocol: str, method: str, preset: str = "demo", config=None, data=None, image_size=None, epochs=None,
+               seed=None, pretrained=None, keep_checkpoints=None) -> dict:
+    """The preset, then the `config` YAML file (a path) or dict, then the single values; paths stored resolved."""
+    from training.data.protocols import parse_protocol
+
+    parse_protocol(protocol)          # before the heavy imports: a mistyped protocol answers at once
+    from training.presets import make_config
+
+    overrides = (read_yaml(config) if not isinstance(config, dict) else config) if config else {}
+    flags = {}
+    for value, section, key in ((data, "data", "root"), (image_size, "data", "image_size"), (epochs, "train", "epochs"),
+                                (seed, "train", "seed"), (pretrained, "model", "pretrained"),
+                                (keep_checkpoints, "train", "save_every")):
+        if value is not None:
+            flags.setdefault(section, {})[key] = value
+    return make_config(protocol, method, preset, overrides, flags)
+
+
+def train(protocol: str, method: str, out, *, preset: str = "demo", config=None, data=None, image_size=None,
+          epochs=None, seed=None, pretrained=None, keep_checkpoints=None, device: str = "auto",
+          threads: int | None = None) -> dict:
+    """Train `method` on the protocol's source domains into the run directory `out` (resumed from its last
+    epoch when rerun, continued when `epochs` grew); returns its metrics (metrics.json). keep_checkpoints=N
+    keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last always)."""
+    cfg = run_config(protocol, method, preset, config, data, image_size, epochs, seed, pretrained, keep_checkpoints)
+    import torch
+
+    from training.device import pick_device
+    from training.trainer import train as train_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    return train_run(cfg, out, pick_device(device), asked_rules=asks_for_rules(config))
+
+
+def asks_for_rules(config) -> bool:
+    """The user's config (YAML path or dict) sets the warming or head-only epochs itself: a method that then
+    never applies its own update does so because they asked (training.trainer.check_update_rules)."""
+    overrides = (read_yaml(config) if not isinstance(config, dict) else config) if config else {}
+    section = overrides.get("train")
+    return isinstance(section, dict) and bool({"minimizer_warming", "head_only_epochs"} & set(section))
+
+
+def train_summary(metrics: dict, method: str, protocol: str, out) -> str:
+    f = metrics["final"]["target"]
+    return (f"{method} {protocol}: target HTER {100 * f['hter']:.2f}%  AUC {100 * f['auc']:.2f}%  "
+            f"(sources HTER {100 * metrics['final']['sources']['hter']:.2f}%)  → {out}")
+
+
+def data_synth(out, image_size: int = 64, seed: int = 0) -> list:
+    """The SynthFAS arrays and a contact sheet in `out`; returns the files written."""
+    from training.data.synth import write_synth
+
+    return list(write_synth(out, image_size=image_size, seed=seed))
