@@ -69,6 +69,9 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, metavar="S[,S...]",
                    help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
                         "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
+    p.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep each run's trajectory checkpoint of every N-th epoch (epoch 0 and the last always; the PCA "
+                        "plane needs 3); default: the preset's")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -119,6 +122,6 @@ def run_study(args) -> int:
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
                     data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
-                    seeds=args.seeds)
+                    seeds=args.seeds, keep_checkpoints=args.keep_checkpoints)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

@@ -19,12 +19,15 @@ WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 
 def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
-          config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None) -> list[Path]:
+          config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None,
+          keep_checkpoints: int | None = None) -> list[Path]:
     """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
     leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
     sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
     seeds: training seeds ('0,1,2' or a list; None: the preset's): one seed keeps out/<method>/, several give
-    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol."""
+    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. keep_checkpoints=N: each run keeps
+    the trajectory checkpoint of every N-th epoch (epoch 0 and the last always). Returns the report.md of each
+    protocol."""
     from training.data.protocols import PROTOCOLS
 
     methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
@@ -40,7 +43,8 @@ def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = 
     settings = parse_sizes(sizes, SETTINGS[preset])
     seeds = parse_seeds(seeds)
     out = Path(out)
-    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures}
+    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures,
+               "keep_checkpoints": keep_checkpoints}
     reports = []
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
@@ -101,7 +105,7 @@ class Study:
     def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, options: dict,
                  seed: int | None = None):
         self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
-        self.options = options      # data, config, device, threads, figures
+        self.options = options      # data, config, device, threads, figures, keep_checkpoints
         self.seed = seed            # the training seed (None: the preset's)
         self.device = {"device": options["device"], "threads": options["threads"]}
         self.views = out / "views"
@@ -137,7 +141,8 @@ class Study:
 
         self.say(f"train {LABELS[m]}")
         metrics = train(self.protocol, m, self.run_dir(m), preset=self.preset, data=self.options["data"],
-                        config=self.options["config"], seed=self.seed, **self.device)
+                        config=self.options["config"], seed=self.seed,
+                        keep_checkpoints=self.options.get("keep_checkpoints"), **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
     # ---- surfaces -----------------------------------------------------------------------------

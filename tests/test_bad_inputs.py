@@ -183,6 +183,8 @@ CASES = [
          ["{d}/evil.pt", "posix.system"]),
     # ---- study
     Case("study-unknown-method", ["study", "--methods", "erm,adam", "--out", "{t}/st"], ["adam"]),
+    Case("study-keep-checkpoints-zero", ["study", "--methods", "erm", "--keep-checkpoints", "0", "--out", "{t}/st"],
+         ["train.save_every = 0 (--keep-checkpoints)"]),
     Case("study-unknown-protocol", ["study", "--protocol", "XYZ", "--out", "{t}/st"], ["'XYZ'"]),
 ]
 

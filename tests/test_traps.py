@@ -193,3 +193,21 @@ def test_at_chance_means_no_better_than_the_majority_class(scale, shift, warns):
     final = {"final": {"sources": {"hter": 0.05}}}
     assert (unsettled_batchnorm(probe, Sign(scale, shift), final) is not None) == warns
     assert unsettled_batchnorm(probe, Sign(scale, shift), {"final": None}) is None
+
+
+def test_the_study_passes_keep_checkpoints_to_every_training(tmp_path, monkeypatch):
+    import training.commands
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def recorded(protocol, method, out, **kwargs):
+        calls.append((method, kwargs.get("keep_checkpoints")))
+        raise Stop       # the training itself is tested above
+
+    monkeypatch.setattr(training.commands, "train", recorded)
+    with pytest.raises(Stop):
+        cli(["study", "--methods", "erm,sam", "--keep-checkpoints", "3", "--out", tmp_path / "st"])
+    assert calls == [("erm", 3)]
