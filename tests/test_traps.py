@@ -132,6 +132,9 @@ def test_relative_paths_are_stored_resolved_and_work_from_another_folder(tiny, t
                "--threads", "1", "--out", "s.h5"]
     r = cli(surface)
     assert r.code == 0, r.err[-2000:]
+    from landscape.store import read_store
+    stored = read_store(there / "s.h5").provenance
+    assert stored["checkpoint"] == str(run / "checkpoint.pt") and stored["dir_file"] == str(there / "s.dirs.h5")
 
     (here / "fas").rename(here / "moved")     # the data root is gone: name it and --data DIR, never synth
     r = cli(surface[:-1] + ["s2.h5"])
