@@ -206,9 +206,6 @@ def write_run_config(out: Path, config: dict) -> None:
         raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
 
 
-UPDATE_RULES = ("head-only", "erm-warming", "erm", "sam", "gacfas", "rfm")
-
-
 def update_rule(epoch: int, config: dict) -> str:
     """The rule of 0-based `epoch`: head-only (only head.* stepped), erm-warming (a plain ERM step of another
     method, train.minimizer_warming), else the method's own."""
