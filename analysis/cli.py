@@ -83,7 +83,7 @@ def _probe_flags(p) -> None:
 
 def _probe_args(args) -> dict:
     return {"data": args.data, "max_samples": args.max_samples, "batch_size": args.batch_size, "device": args.device,
-            "threads": args.threads}
+            "threads": args.threads, "frames_per_video": args.frames_per_video}
 
 
 def run_hessian(args) -> int:

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 
 from analysis import hessian as hs
-from landscape.commands import check_positive, set_threads, warn_unsettled
+from landscape.commands import check_positive, frames_spec, set_threads, warn_unsettled
 from training.presets import resolved
 from training.errors import FaslandError
 
-PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None}
+PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None, "frames_per_video": 1}
 
 
 def read_previous(path) -> dict:
@@ -59,7 +59,8 @@ def check_out(path, command: str) -> None:
             raise FaslandError(f"'{path}' exists and is not a result of 'fasland {command}'; choose another --out or remove that file")
 
 
-def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=256, device="auto", threads=None):
+def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=256, device="auto", threads=None,
+          frames_per_video: int = 1):
     """On every rank: threads, device, the model θ (eval) and the probe, rank 0 first (it fills the data cache);
     rank 0 checks `out` before that. Returns (world, device, model, ckpt, probe, data_spec)."""
     from analysis.mpi_reduce import world as mpi_world
@@ -70,7 +71,7 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
     from training.probe import load_probe
 
     w = mpi_world()
-    check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads)
+    check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads, frames_per_video=frames_per_video)
     if out is not None:
         mpi.on_root(w.comm, lambda: check_out(out, command))
 
@@ -89,14 +90,14 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
 
     def load_data():
         nonlocal probe
-        probe = probe or load_probe(config, dev, max_samples, batch_size, data=data)
+        probe = probe or load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
 
     mpi.on_root(w.comm, load_data)          # rank 0 alone first: it fills the data cache
     mpi.on_every_rank(w.comm, load_data)
     if w.rank == 0:
         warn_unsettled(command, probe, model, ckpt.get("metrics"))
     data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
-                 "max_samples": max_samples, "batch_size": batch_size, "bn": probe.bn,
+                 "max_samples": max_samples, "batch_size": batch_size, **frames_spec(frames_per_video), "bn": probe.bn,
                  "sources": list(probe.sources), "target": probe.target,
                  "samples": {d: int(len(y)) for d, (_, y) in probe.domains.items()}}
     return w, dev, model, ckpt, probe, data_spec
@@ -115,7 +116,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
             per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, data=None, max_samples: int = 256,
-            batch_size: int = 256, device: str = "auto", threads: int | None = None) -> dict:
+            batch_size: int = 256, device: str = "auto", threads: int | None = None, frames_per_video: int = 1) -> dict:
     """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues
     (solver "lanczos" or PyHessian's "power"), with trace=True tr H by Hutchinson, with density=True the
     SLQ spectral density, with per_domain=True λ_max of each source domain and of the target.
@@ -132,7 +133,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
                    density_runs=density_runs)
     if trace and trace_samples < 2:
         raise FaslandError(f"--trace-samples {trace_samples} is too few for a standard error; pass at least 2")
-    w, dev, model, ckpt, probe, data_spec = setup(checkpoint, out, "hessian", data, max_samples, batch_size, device, threads)
+    w, dev, model, ckpt, probe, data_spec = setup(checkpoint, out, "hessian", data, max_samples, batch_size, device, threads, frames_per_video)
     sha = file_hash(checkpoint)
     key = {"checkpoint_sha256": sha, "data": data_spec}
     previous = read_previous(out) if out is not None and w.rank == 0 else {}
@@ -266,7 +267,7 @@ def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
 def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None = None, eta: float | None = None,
               alpha: float | None = None, adaptive: bool | None = None, official_accumulation: bool | None = None,
               trajectory=None, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-              threads: int | None = None, interval_subsets: int = 4) -> dict:
+              threads: int | None = None, interval_subsets: int = 4, frames_per_video: int = 1) -> dict:
     """Per-domain gradient cosines of a checkpoint at θ (at="theta"), also at SAM's and each domain's GAC-FAS
     ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt.
     ρ, η, α, adaptive, official_accumulation default to the checkpoint's hparams, else GAC-FAS's.
@@ -292,7 +293,7 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
         if value is not None and value < 0:
             raise FaslandError(f"--{name} {value} must not be negative; pass e.g. --{name} 0.1")
     anchor = checkpoint or str(steps[-1])     # its config gives the probe
-    w, dev, model, ckpt, probe, data_spec = setup(anchor, out, "conflicts", data, max_samples, batch_size, device, threads)
+    w, dev, model, ckpt, probe, data_spec = setup(anchor, out, "conflicts", data, max_samples, batch_size, device, threads, frames_per_video)
     s = conflict_settings(ckpt, at, rho, eta, alpha, adaptive, official_accumulation)
     if interval_subsets < 0:
         raise FaslandError(f"--interval-subsets {interval_subsets} must not be negative; pass e.g. --interval-subsets 4 (0: no interval)")

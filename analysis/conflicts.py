@@ -13,10 +13,9 @@ cosines, and the alignment ⟨∇L(θ_i; S), ∇L(θ; S)⟩ (and its cosine) tha
 Every loss is in eval mode on the probe's data, exactly as the Hessian's (analysis.hessian). Under MPI
 the per-domain gradients of a stage are spread over ranks and summed into place.
 """
-import contextlib
-
 import torch
 
+from training.algorithms.base import cosine_matrix, gram_matrix, moved_to
 from training.algorithms.gacfas import gacfas_perturbations
 from training.algorithms.sam import sam_perturbation
 from training.errors import FaslandError
@@ -67,14 +66,6 @@ def _spread(model, n: int, row, world=None, progress=None) -> torch.Tensor:
     return out if size == 1 else world.sum(out)
 
 
-def cosine_matrix(G: torch.Tensor) -> torch.Tensor:
-    """C_ij = ⟨G_i, G_j⟩ / (‖G_i‖ ‖G_j‖) in float64 (0 where a gradient is zero)."""
-    G = G.double()
-    gram = G @ G.T
-    norm = gram.diagonal().sqrt()
-    return gram / (norm[:, None] * norm[None, :]).clamp_min(1e-300)
-
-
 def conflict_score(C: torch.Tensor) -> float:
     """mean over i < j of max(0, −C_ij): the average amount by which pairs of gradients point against each other."""
     k = len(C)
@@ -86,32 +77,17 @@ def conflict_score(C: torch.Tensor) -> float:
 
 def gradient_cosines(model, loss_fn, domain_batches) -> torch.Tensor:
     """The k × k cosine matrix of the domains' gradients ∇L(θ; S_i) at θ (eval mode)."""
-    return cosine_matrix(domain_gradients(model, loss_fn, domain_batches))
+    return cosine_matrix(gram_matrix(domain_gradients(model, loss_fn, domain_batches)))
 
 
 def summary(G: torch.Tensor) -> dict:
     """cosines, norms, conflict and mean off-diagonal cosine of the rows of G, as JSON-ready numbers."""
-    C = cosine_matrix(G)
+    gram = gram_matrix(G)
+    C = cosine_matrix(gram)
     k = len(C)
     i, j = torch.triu_indices(k, k, offset=1)
-    return {"cosines": C.tolist(), "norms": G.double().norm(dim=1).tolist(), "conflict": conflict_score(C),
+    return {"cosines": C.tolist(), "norms": gram.diagonal().sqrt().tolist(), "conflict": conflict_score(C),
             "mean_cosine": C[i, j].mean().item() if k > 1 else 1.0}
-
-
-@contextlib.contextmanager
-def moved_to(model, eps: list):
-    """θ ← θ + ε in place for the block, then θ restored bit for bit from a copy."""
-    params = [p for _, p in _named_trainable(model)]
-    theta = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, e in zip(params, eps):
-            p.add_(e)
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for p, t in zip(params, theta):
-                p.copy_(t)
 
 
 def split(model, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -147,7 +123,8 @@ def point_gradients(model, loss_fn, domain_batches, eps_list, world=None, progre
 
     def row(u):
         point, i = divmod(u, k)
-        with moved_to(model, split(model, eps_list[point])):
+        params = [p for _, p in _named_trainable(model)]
+        with moved_to(model, params, split(model, eps_list[point].clone())):
             return loss_gradient(model, loss_fn, domain_batches[i])
 
     return _spread(model, len(eps_list) * k, row, world, progress).view(len(eps_list), k, -1)

@@ -384,8 +384,10 @@ def conflict_numbers(c: dict) -> dict:
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:
     """Length of the interval around a = 0 where train_loss(a) ≤ train_loss(0) + delta, crossings found by
     linear interpolation; the flag is True when the interval reaches the grid's end (a lower bound)."""
-    with h5py.File(path, "r") as f:
-        a, loss = np.asarray(f["xcoordinates"]), np.asarray(f["train_loss"])
+    from landscape.exports.surface_file import read_surface
+
+    s = read_surface(path)
+    a, loss = s.x, s.arrays["train_loss"]
     i0 = int(np.argmin(np.abs(a)))
     level = loss[i0] + delta
     ok = np.isfinite(loss) & (loss <= level)

@@ -18,6 +18,7 @@ COMMANDS = [
     ("hessian", "analysis.cli"),
     ("conflicts", "analysis.cli"),
     ("study", "analysis.cli"),
+    ("attention", "analysis.attention"),
 ]
 
 

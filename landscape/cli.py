@@ -1,4 +1,5 @@
 """`fasland surface`: the parser; the work is landscape.commands.surface (fasland/cli.py dispatches)."""
+import argparse
 import re
 
 
@@ -38,7 +39,7 @@ def run_surface(args) -> int:
                     dir_file=args.dir_file, dir_type=args.dir_type, xnorm=args.xnorm, xignore=args.xignore,
                     ynorm=args.ynorm, yignore=args.yignore, orthogonalize=args.orthogonalize, seed=args.seed,
                     data=args.data, max_samples=args.max_samples, batch_size=args.batch_size, device=args.device,
-                    threads=args.threads, autocast=False if args.no_autocast else None)
+                    threads=args.threads, autocast=False if args.no_autocast else None, frames_per_video=args.frames_per_video)
     if store is not None:      # None on MPI ranks other than 0
         if args.plot:
             print(f"plot: {quick_plot(args.out)}")
@@ -46,11 +47,22 @@ def run_surface(args) -> int:
     return 0
 
 
+def max_samples(text: str) -> int | None:
+    """--max-samples N, or 'all' (None: every image, on real data frames-per-video × videos)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a whole number nor 'all'; pass e.g. --max-samples 256") from None
+
+
 def probe_flags(p, title: str):
     """The probe's flags, shared by surface, hessian and conflicts; returns the group for more."""
     d = p.add_argument_group(title)
     d.add_argument("--data", default=None, help="override the data root of the checkpoint's config ('synth' or a folder)")
-    d.add_argument("--max-samples", type=int, default=256, help="images per domain in the probe")
+    d.add_argument("--max-samples", type=max_samples, default=256, help="images per domain in the probe, or 'all'")
+    d.add_argument("--frames-per-video", type=int, default=1, help="real data: frames of each video in the probe (seeded)")
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N; under MPI rank r takes GPU r mod GPUs")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank (default: the node's cores / ranks on it)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from training.errors import FaslandError
 
-EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1}
+EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1, "frames_per_video": 1}
 
 
 def check_positive(**values) -> None:
@@ -19,6 +19,11 @@ def check_positive(**values) -> None:
         if value is not None and value <= 0:
             flag = name.replace("_", "-")
             raise FaslandError(f"--{flag} {value} must be positive; pass e.g. --{flag} {EXAMPLES.get(name, 1)}")
+
+
+def frames_spec(frames_per_video: int) -> dict:
+    """The probe's frames per video in a result's data spec; absent at the default 1 (older results stay resumable)."""
+    return {} if frames_per_video == 1 else {"frames_per_video": frames_per_video}
 
 
 def set_threads(threads: int | None, comm=None) -> None:
@@ -39,7 +44,7 @@ def directions_path(out, dir_file=None) -> Path:
 def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, dir_file=None, dir_type=None,
             xnorm: str = "filter", xignore: str = "biasbn", ynorm=None, yignore=None, orthogonalize: bool = False,
             seed: int = 0, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-            threads: int | None = None, autocast: str | None = None):
+            threads: int | None = None, autocast: str | None = None, frames_per_video: int = 1):
     """f(a, b) = every probe metric of θ + a·d1 + b·d2 at each grid point, written to `out` (HDF5, the
     reference layout; resumed if it holds this very surface, refused if it holds another).
 
@@ -66,7 +71,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         xcoords = axis(x, "--x")
         ycoords = axis(y, "--y") if y is not None else None
         check_direction_choices(model2, model3, pca, dir_file, y is not None)
-        check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads)
+        check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads, frames_per_video=frames_per_video)
         set_threads(threads, comm)
         dev = pick_device(device)
         model, ckpt = load_model(checkpoint, dev)
@@ -77,7 +82,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
 
     xcoords, ycoords, dev, model, config, run_metrics = mpi.on_every_rank(comm, setup)
     data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
-                 "max_samples": max_samples}
+                 "max_samples": max_samples, **frames_spec(frames_per_video)}
     probe = None
 
     def prepare():
@@ -93,7 +98,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         if out.is_file():
             check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))
         ensure_directions(model, recipe, provenance["checkpoint_sha256"], dirs_path, sources)
-        probe = load_probe(config, dev, max_samples, batch_size, data=data)
+        probe = load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
         warn_unsettled("surface", probe, model, run_metrics)
         provenance["data_sha256"] = data_fingerprint(probe)
         return provenance
@@ -104,7 +109,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         directions = load_directions(dirs_path, model)
         if directions.y is None and ycoords is not None:
             raise FaslandError(f"direction file '{dirs_path}' holds only an x direction but --y was given; drop --y or pass a 2-D direction file")
-        return directions, probe or load_probe(config, dev, max_samples, batch_size, data=data)
+        return directions, probe or load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
 
     directions, probe = mpi.on_every_rank(comm, load)
     return compute_surface(model, probe, directions, xcoords, ycoords if directions.y is not None else None, out,
@@ -258,7 +263,7 @@ def quick_plot(path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from landscape.store import grid_view, read_store
+    from landscape.store import read_store
     from training.checkpoint import atomic_write
 
     s = read_store(path)
@@ -276,7 +281,7 @@ def quick_plot(path) -> Path:
         acc.set_ylabel("accuracy")
         fig.legend(loc="upper center", ncol=4, fontsize=8)
     else:
-        z = grid_view(s.arrays["train_loss"], len(s.x), len(s.y))
+        z = s.arrays["train_loss"].T                 # contour(x, y, Z) wants Z[iy, ix]
         finite = z[np.isfinite(z)]
         if finite.size:
             top = np.percentile(finite, 90) if finite.size > 4 else finite.max()

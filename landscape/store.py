@@ -1,13 +1,16 @@
-"""The surface file (DESIGN §3): HDF5 the reference loss-landscape scripts read.
+"""The surface file (DESIGN §3): HDF5 the reference loss-landscape scripts read, and its one reader.
 
 Datasets: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; every metric of the probe (train_loss,
 train_acc, test_loss, test_acc, test_hter, test_auc, loss_<D>, acc_<D>) and a `done` mask (uint8), each
 of shape (nx,) or (nx, ny); `dir_file` (the direction file's path); PCA surfaces add `proj_xcoord`,
 `proj_ycoord`, `proj_epochs`, `explained_variance_ratio_`, `explained_variance_`, `singular_values_`.
 
-Value order is the reference's: flat index k = iy·nx + ix holds f(x[ix], y[iy]), so
-`a.reshape(ny, nx)[iy, ix]` is the point (x[ix], y[iy]) — rows follow y, as matplotlib's contour and the
-reference's plot_2D.py/h52vtp.py read it. Points not computed yet are NaN with done = 0.
+Index order. In memory (SurfaceStore.arrays, exports' Surface.arrays) a 2-D array has the contract's shape
+(nx, ny) and a[ix, iy] = f(x[ix], y[iy]). On disk the values are in the reference's flat order, flat index
+k = iy·nx + ix (its plot_surface.py fills `losses.ravel()[k]` along meshgrid(x, y), and plot_2D.py and
+h52vtp.py read it back along meshgrid(x, y)); `from_file`/`to_file` convert, and nothing else reshapes.
+Points not computed yet are NaN with done = 0. A grid point is addressed by its flat k everywhere
+(`missing`, `record`, the journal, the MPI work split).
 
 Kill safety: the whole file (a few kB to MB) is rewritten to a temporary file, fsynced and renamed over
 the old one, so after a SIGKILL at any moment the file is the last complete write. Between those
@@ -29,18 +32,66 @@ from training.checkpoint import atomic_write
 from training.errors import FaslandError
 
 FORMAT = "fasland-surface-1"
-LAYOUT = "reference"   # flat k = iy*nx + ix
+LAYOUT = "reference"   # on disk: flat k = iy*nx + ix
 IDENTITY = {"checkpoint_sha256": "checkpoint", "directions": "set of directions", "data": "data spec",
             "data_sha256": "data content", "evaluation": "evaluation (precision, BatchNorm statistics, curvature)"}
+# Datasets that describe the grid or the training path rather than a value at each grid point.
+NOT_ON_GRID = {"xcoordinates", "ycoordinates", "dir_file", "explained_variance_ratio_", "explained_variance_",
+               "singular_values_"}
 
 
-def flat_index(ix: int, iy: int, nx: int) -> int:
-    return iy * nx + ix
+def from_file(raw, shape: tuple) -> np.ndarray:
+    """A stored dataset (flat k = iy·nx + ix) as a[ix(, iy)] of `shape` = (nx,) or (nx, ny)."""
+    raw = np.asarray(raw)
+    if len(shape) == 1:
+        return raw.reshape(shape).copy()
+    nx, ny = shape
+    return np.ascontiguousarray(raw.reshape(ny, nx).T)
 
 
-def grid_view(values: np.ndarray, nx: int, ny: int) -> np.ndarray:
-    """A 2-D surface array as [iy, ix] (rows follow y): the array contour(x, y, Z) expects."""
-    return np.asarray(values).reshape(ny, nx)
+def to_file(a: np.ndarray) -> np.ndarray:
+    """a[ix(, iy)] in the stored layout: the same shape, values in flat order k = iy·nx + ix."""
+    a = np.asarray(a)
+    return a if a.ndim == 1 else np.ascontiguousarray(a.T).reshape(a.shape)
+
+
+def grid_index(k: int, shape: tuple) -> tuple:
+    """The flat index k = iy·nx + ix as the in-memory index (ix,) or (ix, iy)."""
+    return (k,) if len(shape) == 1 else (k % shape[0], k // shape[0])
+
+
+def read_datasets(path):
+    """(x, y, grid, other, attrs) of a surface HDF5: `grid` the numeric datasets on the grid (done included),
+    as a[ix(, iy)] in float64; `other` every other dataset as stored; `attrs` decoded. h5py's OSError on a
+    file that is not HDF5 goes to the caller, which knows what to say."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        x = np.asarray(f["xcoordinates"][()], dtype=float).ravel() if "xcoordinates" in f else None
+        y = np.asarray(f["ycoordinates"][()], dtype=float).ravel() if "ycoordinates" in f else None
+        shape = None if x is None else (len(x),) if y is None else (len(x), len(y))
+        grid, other = {}, {}
+        for name, ds in f.items():
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            if (ds.shape == shape and name not in NOT_ON_GRID and not name.startswith("proj_")
+                    and ds.dtype.kind in "fiub"):
+                grid[name] = from_file(np.asarray(ds[()], dtype=float), shape)
+            else:
+                other[name] = ds[()]
+        attrs = {k: attr_read(v) for k, v in f.attrs.items()}
+    return x, y, grid, other, attrs
+
+
+def attr_read(v):
+    """An HDF5 attribute as plain Python: text decoded, numpy scalars and arrays as numbers and lists."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
 
 class SurfaceStore:
@@ -120,8 +171,8 @@ class SurfaceStore:
         return int(np.prod(self.shape))
 
     def missing(self) -> list[int]:
-        """Flat indices (reference order) of the points not computed yet."""
-        return np.flatnonzero(~self.done.reshape(-1)).tolist()
+        """Flat indices k (the file's order) of the points not computed yet."""
+        return np.flatnonzero(~to_file(self.done).reshape(-1)).tolist()
 
     def record(self, k: int, metrics: dict) -> None:
         """Point k's metrics; non-finite values are kept as they are (NaN/inf)."""
@@ -131,11 +182,12 @@ class SurfaceStore:
         self.fill(k, metrics)
 
     def fill(self, k: int, metrics: dict) -> None:
+        at = grid_index(k, self.shape)
         for name, value in metrics.items():
             if name not in self.arrays:
                 self.arrays[name] = np.full(self.shape, np.nan)
-            self.arrays[name].reshape(-1)[k] = float(value)
-        self.done.reshape(-1)[k] = True
+            self.arrays[name][at] = float(value)
+        self.done[at] = True
         self.dirty = True
 
     def save_if_due(self, overhead: float = 0.02) -> bool:
@@ -160,8 +212,8 @@ class SurfaceStore:
                 if self.y is not None:
                     f["ycoordinates"] = self.y
                 for name, a in self.arrays.items():
-                    f[name] = a
-                f["done"] = self.done.astype(np.uint8)
+                    f[name] = to_file(a)
+                f["done"] = to_file(self.done).astype(np.uint8)
                 f["dir_file"] = str(self.provenance.get("dir_file", ""))
                 for name, v in self.extra.items():
                     f[name] = v
@@ -242,30 +294,18 @@ def attr_value(v):
 
 
 def read_store(path) -> SurfaceStore:
-    """A fasland surface file back into a SurfaceStore (no lock taken)."""
-    import h5py
-
+    """A fasland surface file back into a SurfaceStore (no lock taken), by `read_datasets`."""
     path = Path(path)
     try:
-        f = h5py.File(path, "r", locking=False)
+        x, y, grid, other, attrs = read_datasets(path)
     except OSError:
         raise FaslandError(f"'{path}' exists but is not a readable HDF5 file; pass a new --out path or delete it") from None
-    with f:
-        if f.attrs.get("format") != FORMAT or "xcoordinates" not in f or "done" not in f:
-            raise FaslandError(f"'{path}' is not a fasland surface file; pass a new --out path (fasland never overwrites other files)")
-        x = f["xcoordinates"][()]
-        y = f["ycoordinates"][()] if "ycoordinates" in f else None
-        provenance = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items() if k not in ("format", "layout")}
-        store = SurfaceStore(path, x, y, provenance)
-        skip = {"xcoordinates", "ycoordinates", "done", "dir_file"}
-        for name, ds in f.items():
-            if name in skip or not isinstance(ds, h5py.Dataset):
-                continue
-            if ds.shape == store.shape and not name.startswith("proj_"):
-                store.arrays[name] = ds[()].astype(np.float64)
-            else:
-                store.extra[name] = ds[()]
-        store.done = f["done"][()].astype(bool).reshape(store.shape)
+    if attrs.get("format") != FORMAT or x is None or "done" not in grid:
+        raise FaslandError(f"'{path}' is not a fasland surface file; pass a new --out path (fasland never overwrites other files)")
+    store = SurfaceStore(path, x, y, {k: v for k, v in attrs.items() if k not in ("format", "layout")})
+    store.done = grid.pop("done").astype(bool)
+    store.arrays = grid
+    store.extra = {k: v for k, v in other.items() if k not in ("xcoordinates", "ycoordinates", "dir_file")}
     return store
 
 

@@ -155,3 +155,8 @@ def mobilenet_v2():
 
 def not_a_module():
     return {"weights": None}
+
+
+def flat_linear():
+    """A model without convolutions (one logit from the flattened 32 px image): CAM methods cannot map it."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1))

@@ -426,3 +426,35 @@ def test_hparams_are_the_class_defaults_overridden_by_a_config():
     assert paper["lr"] == 0.005 and paper["rho"] == 0.1 and paper["adaptive"] is False
     with pytest.raises(FaslandError, match="unknown method 'adam'"):
         hparams("adam")
+
+
+@pytest.mark.parametrize("layout", ["same", "other"])
+def test_moved_to_runs_at_theta_plus_eps_and_gives_theta_back_exactly(layout):
+    """base.moved_to (SAM, GAC-FAS and conflicts share it): inside, the parameters are θ + ε and a train-mode
+    pass may change the BatchNorm statistics; after, every parameter holds the very tensor θ it held before
+    (same memory, same bits) and the statistics are back. ε laid out unlike θ (contiguous vs channels_last)
+    gets a tensor in θ's layout."""
+    from training.algorithms.base import moved_to
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 1))
+    net = net.to(memory_format=torch.channels_last)
+    params = list(net.parameters())
+    theta = [p.detach().clone() for p in params]
+    ptrs = [p.data_ptr() for p in params]
+    stats = [b.clone() for b in net.buffers()]
+    eps = [0.1 * torch.randn_like(p) for p in params]
+    if layout == "other":
+        eps = [e.contiguous() for e in eps]
+    expected = [t + e for t, e in zip(theta, eps)]
+    x = torch.randn(5, 3, 6, 6)
+    with moved_to(net, params, [e.clone() for e in eps]):
+        assert all(torch.equal(p, e) for p, e in zip(params, expected))
+        assert all(p.stride() == t.stride() for p, t in zip(params, theta))
+        net.train()
+        net(x).sum().backward()
+        assert not torch.equal(net[1].running_mean, stats[0])
+    assert [p.data_ptr() for p in params] == ptrs
+    assert all(torch.equal(p, t) for p, t in zip(params, theta))
+    assert all(torch.equal(b, s) for b, s in zip(net.buffers(), stats))
+    assert all(p.grad is not None for p in params)          # the gradient taken at θ + ε stays

@@ -181,6 +181,15 @@ CASES = [
          ["{d}/tv.pt", "--protocol"]),
     Case("import-pickle-that-runs-code", IMPORT + ["--format", "torchvision", "--checkpoint", "{d}/evil.pt", "--out", "{t}/c.pt"],
          ["{d}/evil.pt", "posix.system"]),
+    # ---- attention and unseen-attack protocols
+    Case("attention-unknown-method", ["attention", "--checkpoint", "{d}/c.pt", "--method", "lime", "--out", "{t}/a"], ["'lime'", "integrated-gradients"]),
+    Case("attention-zero-samples", ["attention", "--checkpoint", "{d}/c.pt", "--samples", "0", "--out", "{t}/a"], ["--samples 0"]),
+    Case("attention-unknown-layer", ["attention", "--checkpoint", "{d}/c.pt", "--layer", "layer9", "--samples", "2", "--out", "{t}/a"], ["'layer9'"]),
+    Case("attention-cam-without-convolutions", ["attention", "--checkpoint", "{d}/flat.pt", "--samples", "2", "--out", "{t}/a"],
+         ["convolutional", "--method integrated-gradients"]),
+    Case("attention-out-is-a-file", ["attention", "--checkpoint", "{d}/c.pt", "--out", "{d}/file"], ["{d}/file"]),
+    Case("train-unseen-attacks-on-real-data", ["train", "--protocol", "PR2CW", "--method", "erm", "--data", "{d}/empty", "--out", "{t}/r"],
+         ["PR2CW", "{d}/empty", "attack labels"]),
     # ---- study
     Case("study-unknown-method", ["study", "--methods", "erm,adam", "--out", "{t}/st"], ["adam"]),
     Case("study-keep-checkpoints-zero", ["study", "--methods", "erm", "--keep-checkpoints", "0", "--out", "{t}/st"],
@@ -225,6 +234,11 @@ def workspace(tmp_path_factory):
     torch.save({**tv, "extra.weight": torch.zeros(3)}, d / "tv_extra.pt")
     torch.save({**tv, "fc.weight": torch.zeros(3, 512), "fc.bias": torch.zeros(3)}, d / "tv_head3.pt")
     torch.save({"model": torch.zeros(3), "arch": "resnet18", "config": CONFIG, "epoch": 1, "metrics": {}}, d / "wrong_types.pt")
+    from import_fixtures import flat_linear      # an imported model without convolutions, for attention
+    torch.save({"model": flat_linear().state_dict()}, d / "flat_src.pt")
+    r = cli(["import", "--format", "module", "--model", "import_fixtures:flat_linear", "--checkpoint", d / "flat_src.pt",
+             "--protocol", "ICM2O", "--image-size", "32", "--out", d / "flat.pt"])
+    assert r.code == 0, r.err[-2000:]
 
     (d / "file").write_text("a regular file, not a folder")
     (d / "empty").mkdir()

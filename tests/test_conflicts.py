@@ -187,7 +187,7 @@ class CliNet(WithBN):
         super().__init__()
 
 
-def small_probe(config, device="cpu", max_samples=None, batch_size=256, data=None, source_split="train"):
+def small_probe(config, device="cpu", max_samples=None, batch_size=256, data=None, source_split="train", frames_per_video=1):
     """Stands in for training.probe.load_probe: four domains of six random 6×6 images (SynthFAS is not needed here)."""
     from training.probe import Probe
     g = torch.Generator().manual_seed(0)

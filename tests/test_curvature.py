@@ -225,10 +225,9 @@ def test_convexity_map_equals_the_closed_form_curvature(tmp_path):
         for ix, x in enumerate(xs):
             t = np.array(theta) + x * np.array([1, 0, 0, 0]) + b * np.array([0, 1, 0, 0])
             curv = np.array(a) + np.array(c) * t ** 2
-            k = iy * len(xs) + ix
-            assert abs(store.arrays["lambda_max"].reshape(-1)[k] - curv.max()) < 1e-12 * abs(curv).max()
-            assert abs(store.arrays["lambda_min"].reshape(-1)[k] - curv.min()) < 1e-12 * abs(curv).max()
-            assert abs(store.arrays["convexity_ratio"].reshape(-1)[k] - abs(curv.min() / curv.max())) < 1e-10
+            assert abs(store.arrays["lambda_max"][ix, iy] - curv.max()) < 1e-12 * abs(curv).max()
+            assert abs(store.arrays["lambda_min"][ix, iy] - curv.min()) < 1e-12 * abs(curv).max()
+            assert abs(store.arrays["convexity_ratio"][ix, iy] - abs(curv.min() / curv.max())) < 1e-10
     assert store.provenance["evaluation"]["measure"] == spec
     assert torch.equal(model.theta.detach(), torch.tensor(theta, dtype=torch.float64))   # θ restored
     # resumable like every other array: a rerun computes nothing; another curvature setting is refused

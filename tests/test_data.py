@@ -24,15 +24,18 @@ def test_same_seed_gives_byte_identical_arrays(small):
 
 def test_cache_hit_equals_fresh(tmp_path):
     first = load_domain("synth", "M", "test", image_size=SIZE, samples=N, seed=1, cache_dir=str(tmp_path))
-    files = list(tmp_path.glob("*.pt"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    files = sorted(p.name for p in tmp_path.glob("*.pt"))     # the images and, beside them, their annotations
+    assert len(files) == 2 and files[0].endswith(".annotations.pt") and not list(tmp_path.glob("*.tmp"))
+    notes = synth.load_annotations("M", "test", SIZE, N, seed=1, cache=tmp_path)
+    assert torch.equal(notes.kinds, synth._generate("M", "test", SIZE, N, seed=1)[1].kinds)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == files
     cached = load_domain("synth", "M", "test", image_size=SIZE, samples=N, seed=1, cache_dir=str(tmp_path))
     fresh = synth.generate("M", "test", SIZE, N, seed=1)
     for a, b, c in zip(first, cached, fresh):
         assert torch.equal(a, b) and torch.equal(a, c)
     # a key per parameter set: another seed is another file
     load_domain("synth", "M", "test", image_size=SIZE, samples=N, seed=2, cache_dir=str(tmp_path))
-    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert len(list(tmp_path.glob("*.pt"))) == 4
 
 
 def test_clients_are_disjoint_between_train_and_test_and_domains(small):

@@ -1,6 +1,7 @@
 """Real data at the datasets' size, on a folder of JPEG videos in the release's layout
 ROOT/<dataset>/<split>/<live|spoof>/<video>/crop_NNNN.jpg: training streams one random frame of each video
 per pass from DataLoader workers, the probe decodes frames_per_video frames of each video and no others."""
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -107,3 +108,15 @@ def test_train_then_probe_the_folder(root, tmp_path, monkeypatch):
     assert [len(x) for x, _ in batches.sample(torch.Generator().manual_seed(0))] == [4, 4, 4]
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert 0 <= metrics["final"]["target"]["hter"] <= 1
+    # the commands' probe: every video's frames-per-video frames (--max-samples all)
+    from reliability_fixtures import cli
+    from training.checkpoint import load_model
+
+    r = cli(["surface", "--checkpoint", tmp_path / "run" / "checkpoint.pt", "--x", "0:1:2", "--max-samples", "all",
+             "--frames-per-video", "2", "--threads", "1", "--out", tmp_path / "s.h5"])
+    assert r.code == 0, r.err[-3000:]
+    model, ckpt = load_model(tmp_path / "run" / "checkpoint.pt")
+    probe = load_probe(ckpt["config"], max_samples=None, frames_per_video=2)
+    assert all(len(y) == 2 * 2 * VIDEOS for _, y in probe.domains.values())
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert float(f["train_loss"][0]) == pytest.approx(probe(model)["train_loss"], rel=1e-5)

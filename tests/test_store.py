@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from landscape import store as store_mod
-from landscape.store import SurfaceStore, grid_view, read_store
+from landscape.store import SurfaceStore, read_store
 from training.errors import FaslandError
 
 X, Y = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
@@ -37,7 +37,7 @@ def test_schema_and_reference_order(tmp_path):
         xm, ym = np.meshgrid(f["xcoordinates"][:], f["ycoordinates"][:])
         np.testing.assert_allclose(f["train_loss"][:].ravel(), g(xm.ravel(), ym.ravel()))
     back = read_store(path)
-    np.testing.assert_allclose(grid_view(back.arrays["loss_I"], 4, 3), 2 * g(*np.meshgrid(X, Y)))
+    np.testing.assert_allclose(back.arrays["loss_I"], 2 * g(*np.meshgrid(X, Y, indexing="ij")))   # [ix, iy]
 
 
 def test_resume_keeps_points_and_lists_the_missing_ones(tmp_path):
@@ -47,8 +47,8 @@ def test_resume_keeps_points_and_lists_the_missing_ones(tmp_path):
     s.close()
     s2 = SurfaceStore.open(path, X, Y, PROV)
     assert s2.missing() == [k for k in range(12) if k not in (0, 5, 7)]
-    assert s2.arrays["train_loss"].reshape(-1)[5] == g(X[1], Y[1])
-    assert np.isnan(s2.arrays["train_loss"].reshape(-1)[1])
+    assert s2.arrays["train_loss"][1, 1] == g(X[1], Y[1])      # k = 5 = iy·nx + ix
+    assert np.isnan(s2.arrays["train_loss"][1, 0])
     s2.close()
 
 
@@ -170,8 +170,8 @@ def test_journal_keeps_points_recorded_after_the_last_save(tmp_path):
     s.release()                                # what a SIGKILL leaves: no close(), no save
     assert read_store(path).done.sum() == 2
     s2 = SurfaceStore.open(path, X, Y, PROV)
-    assert sorted(np.flatnonzero(s2.done.reshape(-1))) == [0, 1, 2, 3]
-    assert s2.arrays["train_loss"].reshape(-1)[3] == g(X[3], Y[0])
+    assert s2.done[:, 0].all() and s2.done.sum() == 4           # k = 0..3: the first row of y
+    assert s2.arrays["train_loss"][3, 0] == g(X[3], Y[0])
     assert read_store(path).done.sum() == 4    # replayed points are saved at once
     s2.close()
     assert not path.with_name(".surf.h5.journal").exists()
@@ -184,3 +184,31 @@ def test_journal_keeps_points_recorded_after_the_last_save(tmp_path):
     s4 = SurfaceStore.open(path, X, Y, PROV)   # a journal of a 1-D surface: not this one
     assert s4.done.sum() == 0
     s4.close()
+
+
+def test_both_readers_index_a_hand_made_reference_file_as_ix_iy(tmp_path):
+    """A file written as the reference's plot_surface.py does (shape (nx, ny), values along meshgrid(x, y)
+    raveled), nx ≠ ny: read_store and the exports' read_surface both give a[ix, iy] = f(x[ix], y[iy]), and
+    the one point left undone is flat k = iy·nx + ix."""
+    from landscape.exports.surface_file import read_surface
+
+    xm, ym = np.meshgrid(X, Y)                          # [iy, ix]
+    done = np.ones_like(xm, dtype=np.uint8)
+    done[1, 2] = 0                                      # (ix, iy) = (2, 1): k = 1·4 + 2 = 6
+    path = tmp_path / "hand.h5"
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"], f["ycoordinates"] = X, Y
+        f["train_loss"] = g(xm, ym).reshape(len(X), len(Y))
+        f["done"] = done.reshape(len(X), len(Y))
+        f.attrs["format"] = store_mod.FORMAT
+    expected = g(*np.meshgrid(X, Y, indexing="ij"))
+    s = read_store(path)
+    assert s.arrays["train_loss"].shape == (4, 3) and s.missing() == [6] and not s.done[2, 1]
+    np.testing.assert_array_equal(s.arrays["train_loss"], expected)
+    expected[2, 1] = np.nan
+    np.testing.assert_array_equal(read_surface(path).arrays["train_loss"], expected)
+    s.path = tmp_path / "again.h5"
+    s.save()                                            # and the store writes it back in the same layout
+    with h5py.File(s.path, "r") as f:
+        np.testing.assert_array_equal(f["train_loss"][()], g(xm, ym).reshape(len(X), len(Y)))
+        np.testing.assert_array_equal(f["done"][()], done.reshape(len(X), len(Y)))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from landscape.directions import Directions, interpolation_direction, random_direction
-from landscape.store import grid_view, read_store
+from landscape.store import read_store
 from landscape.surface import Plane, compute_surface, parse_axis
 from training.errors import FaslandError
 from training.probe import Probe
@@ -64,7 +64,7 @@ def test_origin_is_the_unperturbed_model():
     net, probe = tiny_net(), tiny_probe()
     expected = probe(copy.deepcopy(net))
     s = compute_surface(net, probe, plane_dirs(net), [-1, 0, 1], [-1, 0, 1], progress=False)
-    origin = {k: grid_view(v, 3, 3)[1, 1] for k, v in s.arrays.items()}
+    origin = {k: v[1, 1] for k, v in s.arrays.items()}
     assert set(origin) == set(expected) >= {"train_loss", "train_acc", "test_loss", "test_acc", "test_hter", "test_auc",
                                             "loss_A", "acc_A", "loss_B", "acc_B", "loss_T", "acc_T"}
     for k in expected:
@@ -82,7 +82,7 @@ def test_grid_points_equal_models_set_by_hand(dir_type):
     for ix, iy in ((3, 0), (0, 2), (2, 1)):
         expected = probe(set_by_hand(net, dirs, xs[ix], ys[iy]))
         for k, v in expected.items():
-            assert grid_view(s.arrays[k], 4, 3)[iy, ix] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, ix, iy)
+            assert s.arrays[k][ix, iy] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, ix, iy)
 
 
 def test_points_are_written_in_place():
@@ -241,7 +241,7 @@ def test_cli_surface_file_holds_every_metric_and_its_provenance(run2d):
     assert '"seed": 0' in s.provenance["directions"] and '"max_samples": 16' in s.provenance["data"]
     assert s.provenance["method"] == "erm" and s.provenance["protocol"] == "ICM2O"
     for k, v in probe_of(ckpt).items():                       # f(0, 0): the checkpoint's own metrics
-        assert grid_view(s.arrays[k], 3, 3)[1, 1] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        assert s.arrays[k][1, 1] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert np.isfinite(s.arrays["train_loss"]).all()
     assert out.with_suffix(".png").stat().st_size > 1000
     with h5py.File(out.with_name("s.dirs.h5"), "r") as f:
@@ -266,7 +266,7 @@ def test_cli_reuses_a_direction_file_on_another_grid(run2d, tmp_path):
                    "--max-samples", 16, "--threads", 1, "--out", other) == 0
     a, b = read_store(out), read_store(other)
     for k in ("train_loss", "test_auc", "loss_O"):   # x, y = 0, 0.5 are indices 1, 2 of the first grid
-        np.testing.assert_allclose(grid_view(b.arrays[k], 2, 2), grid_view(a.arrays[k], 3, 3)[1:, 1:], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.arrays[k], a.arrays[k][1:, 1:], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "fine.dirs.h5").exists()
 
 

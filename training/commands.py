@@ -22,7 +22,7 @@ def read_yaml(path) -> dict:
 def run_config(protocol: str, method: str, preset: str = "demo", config=None, data=None, image_size=None, epochs=None,
                seed=None, pretrained=None, keep_checkpoints=None) -> dict:
     """The preset, then the `config` YAML file (a path) or dict, then the single values; paths stored resolved."""
-    from training.data.protocols import parse_protocol
+    from training.data.protocols import check_protocol_data, parse_protocol
 
     parse_protocol(protocol)          # before the heavy imports: a mistyped protocol answers at once
     from training.presets import make_config
@@ -34,7 +34,9 @@ def run_config(protocol: str, method: str, preset: str = "demo", config=None, da
                                 (keep_checkpoints, "train", "save_every")):
         if value is not None:
             flags.setdefault(section, {})[key] = value
-    return make_config(protocol, method, preset, overrides, flags)
+    made = make_config(protocol, method, preset, overrides, flags)
+    check_protocol_data(protocol, made["data"]["root"])    # unseen-attack protocols need SynthFAS's attack kinds
+    return made
 
 
 def train(protocol: str, method: str, out, *, preset: str = "demo", config=None, data=None, image_size=None,
@@ -64,7 +66,8 @@ def asks_for_rules(config) -> bool:
 
 def train_summary(metrics: dict, method: str, protocol: str, out) -> str:
     f = metrics["final"]["target"]
-    return (f"{method} {protocol}: target HTER {100 * f['hter']:.2f}%  AUC {100 * f['auc']:.2f}%  "
+    per_kind = "".join(f", {k} {100 * v:.2f}%" for k, v in f.get("auc_by_kind", {}).items())    # unseen-attack protocols
+    return (f"{method} {protocol}: target HTER {100 * f['hter']:.2f}%  AUC {100 * f['auc']:.2f}%{per_kind and ' (' + per_kind[2:] + ')'}  "
             f"(sources HTER {100 * metrics['final']['sources']['hter']:.2f}%)  → {out}")
 
 

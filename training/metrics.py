@@ -69,3 +69,16 @@ def client_intervals(scores, labels, clients, n_boot: int = 1000, seed: int = 0,
     reps = [fas_metrics(scores[i], labels[i]) for i in client_resamples(labels, clients, n_boot, seed)]
     return {"level": level, "n_boot": n_boot, "clients": int(len(np.unique(clients))),
             **{k: list(percentile_interval([r[k] for r in reps], level)) for k in ("hter", "auc")}}
+
+
+def auc_by_kind(scores, labels, kinds) -> dict:
+    """{kind: AUC of live against that kind's spoofs alone} for every attack kind among `kinds`
+    (one name per sample, 'live' for live ones)."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    kinds = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds[labels == 0].tolist())):
+        keep = (labels == 1) | (kinds == kind)
+        if (labels[keep] == 1).any() and np.isfinite(scores[keep]).all():
+            out[kind] = float(roc_auc_score(labels[keep].astype(np.int64), scores[keep]))
+    return out

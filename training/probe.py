@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.algorithms import hparams
-from training.data import load_domain, normalize
-from training.data.protocols import parse_protocol
+from training.data import normalize
+from training.data.protocols import UNSEEN_ATTACKS, check_protocol_data, load_protocol_domain, parse_protocol
 from training.errors import FaslandError
 from training.metrics import fas_metrics
 
@@ -171,20 +171,26 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     sources, target = parse_protocol(config["protocol"])
     d = config["data"]
     root = data or d["root"]
-    domains, clients = {}, {}
+    domains, clients, kinds = {}, {}, {}
     for name, split in [(s, source_split) for s in sources] + [(target, "test")]:
         if str(root) == "synth":
-            dom = load_domain(root, name, split, image_size=d["image_size"], seed=d.get("seed", 0))
+            dom, notes = load_protocol_domain(config["protocol"], root, name, split, d["image_size"], d.get("seed", 0))
             idx = torch.arange(len(dom.labels))
             if max_samples is not None and len(idx) > max_samples:
                 idx = torch.linspace(0, len(idx) - 1, max_samples).round().long()
             domains[name], clients[name] = (dom.images[idx], dom.labels[idx]), dom.clients[idx]
+            names = notes.kind_names()
+            kinds[name] = [names[i] for i in idx.tolist()]
         else:
             from training.data import folders
+            check_protocol_data(config["protocol"], root)
             dom = folders.load_frames(root, name, split, d["image_size"], frames_per_video, max_samples, seed=d.get("seed", 0))
             domains[name], clients[name] = (dom.images, dom.labels), dom.clients
-    return Probe(domains, sources, target, batch_size=batch_size, device=device, loss=Loss.from_config(config),
-                 normalization=d.get("normalize", "imagenet"), clients=clients)
+    probe = Probe(domains, sources, target, batch_size=batch_size, device=device, loss=Loss.from_config(config),
+                  normalization=d.get("normalize", "imagenet"), clients=clients)
+    # unseen-attack protocols: each image's attack kind ('live' for live ones), for the AUC per held-out kind
+    probe.kinds = kinds if config["protocol"] in UNSEEN_ATTACKS else {}
+    return probe
 
 
 UNSETTLED_HTER = 0.3    # the run separated its sources at least this well

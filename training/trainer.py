@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from training.algorithms import algorithm_class, make_algorithm
 from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
-from training.data import load_domain, normalize
-from training.data.protocols import parse_protocol
+from training.data import normalize
+from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
-from training.metrics import client_intervals, fas_metrics
+from training.metrics import auc_by_kind, client_intervals, fas_metrics
 from training.model import build_model, load_pretrained
 from training.presets import config_differences
 from training.probe import load_probe
@@ -32,8 +32,8 @@ class SourceBatches:
         t = config["train"]
         self.batch, self.augment, self.two_views = t["batch_per_domain"], t["augment"], t["two_views"]
         if str(d["root"]) == "synth":
-            self.draws = [InMemory(load_domain(d["root"], s, "train", image_size=d["image_size"], seed=d.get("seed", 0)), self.batch)
-                          for s in sources]
+            self.draws = [InMemory(load_protocol_domain(config["protocol"], d["root"], s, "train", d["image_size"], d.get("seed", 0))[0],
+                                   self.batch) for s in sources]
         else:
             from training.data.folders import VideoStream
             self.draws = [VideoStream(d["root"], s, d["image_size"], self.batch, d.get("workers", 2), seed=t["seed"] * 1009 + i)
@@ -110,6 +110,9 @@ def evaluate(model, probe, intervals: bool = False) -> dict:
         out[part] = {k: m[k] for k in keys}
         if intervals and all(d in probe.clients for d in names):
             out[part]["interval"] = client_intervals(scores, labels, torch.cat([probe.clients[d] for d in names]).numpy())
+    t = probe.target
+    if getattr(probe, "kinds", {}).get(t):     # unseen-attack protocols: live against each held-out kind
+        out["target"]["auc_by_kind"] = auc_by_kind(logits[t].cpu().numpy(), probe.domains[t][1].cpu().numpy(), probe.kinds[t])
     return out
 
 
@@ -319,7 +322,7 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
     metrics = summarize(evaluations, t["eval_last"], rules[:start])
     steps_log = out / "steps.jsonl"
     keep = [l for l in steps_log.read_text().splitlines() if step_epoch(l) <= start] if steps_log.exists() and start else []
-    steps_log.write_text("".join(l + "\n" for l in keep))
+    atomic_write(steps_log, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
     if start == 0:
         save_checkpoint(out / "checkpoints" / "epoch_000.pt", model, arch, config, 0, summarize([], 0))

@@ -1,10 +1,10 @@
 """A surface HDF5 (DESIGN §3) read into plain numpy arrays for the exporters.
 
-File layout (landscape/store.py, the reference's): `xcoordinates` (nx,), optional `ycoordinates` (ny,);
-every metric a dataset of shape (nx,) or (nx, ny) whose flat index k = iy·nx + ix holds f(x[ix], y[iy]);
-a `done` mask. In memory (Surface.arrays) a 2-D array is indexed [ix, iy] and holds the file's values,
-NaN where not done; Surface.height also turns non-finite values (a diverged point) into NaN, so every
-view masks them the same way: never drawn, never inside a colour range.
+The file is read by landscape.store's one reader (`read_datasets`): a 2-D array is indexed [ix, iy]
+(shape (nx, ny), a[ix, iy] = f(x[ix], y[iy])) here as in SurfaceStore. Surface.arrays hold the file's
+values, NaN where not done; Surface.height also turns non-finite values (a diverged point) into NaN, so
+every view masks them the same way: never drawn, never inside a colour range. Files of the reference's
+plot_surface.py (no `done` mask) are read too: its not-yet-computed points hold the fill value -1.
 """
 import os
 from dataclasses import dataclass, field
@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from landscape.store import read_datasets
 from training.errors import FaslandError
 
-# Datasets that describe the grid or the path rather than a metric on the grid.
-NOT_METRICS = {"xcoordinates", "ycoordinates", "done", "dir_file", "explained_variance_ratio_", "explained_variance_",
-               "singular_values_"}
 # Names of the projected training path: the reference's (and landscape/store.py's), then short ones.
 TRAJECTORY_KEYS = [("proj_xcoord", "proj_ycoord"), ("proj_x", "proj_y")]
 FIRST = ["train_loss", "train_acc", "test_loss", "test_acc", "test_hter", "test_auc"]
@@ -94,72 +92,40 @@ def _order(names) -> list[str]:
     return known + sorted(n for n in names if n not in known)
 
 
-def grid_array(raw: np.ndarray, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    """A stored metric (flat k = iy·nx + ix) as [ix, iy]."""
-    if y is None:
-        return np.asarray(raw).reshape(len(x))
-    return np.asarray(raw).reshape(len(y), len(x)).T.copy()
-
-
-def _attr(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def read_surface(path) -> Surface:
     """Read SURF.h5; every way it can be wrong is one FaslandError naming the file and the fix."""
-    import h5py
-
     path = str(path)
     if not os.path.exists(path):
         raise FaslandError(f"surface file '{path}' not found; pass a SURF.h5 written by 'fasland surface'")
     try:
-        f = h5py.File(path, "r")
+        x, y, grid, other, attrs = read_datasets(path)
     except OSError:
         raise FaslandError(f"'{path}' is not an HDF5 file; pass a SURF.h5 written by 'fasland surface'") from None
-    with f:
-        if "xcoordinates" not in f or "train_loss" not in f:
-            raise FaslandError(f"'{path}' is not a loss-surface file (no xcoordinates/train_loss dataset); "
-                               "pass a SURF.h5 written by 'fasland surface'")
-        x = np.asarray(f["xcoordinates"][()], dtype=float).ravel()
-        y = np.asarray(f["ycoordinates"][()], dtype=float).ravel() if "ycoordinates" in f else None
-        shape = (len(x),) if y is None else (len(x), len(y))
-        if f["train_loss"].shape != shape:
-            raise FaslandError(f"'{path}': train_loss has shape {f['train_loss'].shape} but the coordinates give {shape}; "
-                               "the file is damaged, recompute it with 'fasland surface'")
-        if "done" in f and f["done"].shape == shape:
-            done = grid_array(f["done"][()], x, y).astype(bool)
-        else:   # a file of the reference's plot_surface.py: points not computed yet still hold its fill value -1
-            done = grid_array(f["train_loss"][()], x, y) != -1
-        arrays = {}
-        for name, ds in f.items():
-            if name in NOT_METRICS or name.startswith("proj_") or not isinstance(ds, h5py.Dataset) or ds.shape != shape or ds.dtype.kind not in "fiub":
-                continue
-            a = grid_array(np.asarray(ds[()], dtype=float), x, y)
-            a[~done] = np.nan
-            arrays[name] = a
-        arrays = {n: arrays[n] for n in _order(arrays)}
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        trajectory = _read_trajectory(f, attrs)
-    return Surface(path, x, y, arrays, done, attrs, trajectory)
+    if x is None or ("train_loss" not in grid and "train_loss" not in other):
+        raise FaslandError(f"'{path}' is not a loss-surface file (no xcoordinates/train_loss dataset); "
+                           "pass a SURF.h5 written by 'fasland surface'")
+    shape = (len(x),) if y is None else (len(x), len(y))
+    if "train_loss" not in grid:
+        raise FaslandError(f"'{path}': train_loss has shape {np.shape(other['train_loss'])} but the coordinates give {shape}; "
+                           "the file is damaged, recompute it with 'fasland surface'")
+    done = grid.pop("done").astype(bool) if "done" in grid else grid["train_loss"] != -1
+    for a in grid.values():
+        a[~done] = np.nan
+    arrays = {n: grid[n] for n in _order(grid)}
+    return Surface(path, x, y, arrays, done, attrs, _read_trajectory(other, attrs))
 
 
-def _read_trajectory(f, attrs) -> Trajectory | None:
+def _read_trajectory(datasets, attrs) -> Trajectory | None:
     """The projected path (proj_xcoord, proj_ycoord, proj_epochs, explained_variance_ratio_), if stored."""
-    kx, ky = next(((kx, ky) for kx, ky in TRAJECTORY_KEYS if kx in f), (None, None))
+    kx, ky = next(((kx, ky) for kx, ky in TRAJECTORY_KEYS if kx in datasets), (None, None))
     if kx is None:
         return None
-    tx = np.asarray(f[kx][()], dtype=float).ravel()
-    ty = np.asarray(f[ky][()], dtype=float).ravel() if ky in f else None
-    epochs = np.asarray(f["proj_epochs"][()]).ravel() if "proj_epochs" in f else np.arange(len(tx))
+    tx = np.asarray(datasets[kx], dtype=float).ravel()
+    ty = np.asarray(datasets[ky], dtype=float).ravel() if ky in datasets else None
+    epochs = np.asarray(datasets["proj_epochs"]).ravel() if "proj_epochs" in datasets else np.arange(len(tx))
     if epochs.shape != tx.shape:
         epochs = np.arange(len(tx))
-    ratio = f["explained_variance_ratio_"][()] if "explained_variance_ratio_" in f else attrs.get("explained_variance_ratio")
+    ratio = datasets.get("explained_variance_ratio_", attrs.get("explained_variance_ratio"))
     ratio = None if ratio is None else np.atleast_1d(np.asarray(ratio, dtype=float))
     keep = np.isfinite(tx) & (np.isfinite(ty) if ty is not None else True)
     return Trajectory(tx[keep], None if ty is None else ty[keep], epochs[keep], ratio)

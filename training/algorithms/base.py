@@ -20,6 +20,7 @@ unweighted supcon loss) when on, gnorm_<i> = ‖∇L(θ; S_i)‖ and cos_<i>_<j>
 per-domain gradients at θ, and L at the ascent point(s): loss_ascent (SAM), loss_ascent_<i> (GAC-FAS).
 An absent domain has no keys.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -122,21 +123,32 @@ class Algorithm:
 
     def erm_gradient(self, batch: Batch, named) -> dict:
         """.grad = ∇L(θ; S) [+ ∇ supcon]; per-domain gradients only when log_gradients is set."""
-        params = [p for _, p in named]
+        return self.theta_gradient(batch, [p for _, p in named])[0]
+
+    def theta_gradient(self, batch: Batch, params, keep: bool = False):
+        """One forward at θ → (logs, g). g = ∇L(θ; S) is put in .grad (keep=False; g None) or returned (keep=True);
+        w ∇supcon(θ) always goes into .grad. With log_gradients g is Σ_i g_i of the logged per-domain gradients."""
         losses, aux = self.forward(batch)
         n = self.denominator(batch)
         logs = self.loss_logs(batch, losses, aux, n)
         if self.log_gradients:
             gs = self.domain_gradients(losses, n, params, retain_last=aux is not None)
             logs.update(gradient_logs(batch.domains, gs, n))
-            set_grad(params, total(gs))
+            g = total(gs)
             del gs
-            if aux is not None:
-                aux.backward(inputs=params)
-        else:
+        elif keep:
+            g = list(torch.autograd.grad(sum(losses) / n, params, retain_graph=aux is not None,
+                                         allow_unused=True, materialize_grads=True))
+        else:               # one backward of the sum: no gradient is held twice
             loss = sum(losses) / n
             (loss if aux is None else loss + aux).backward(inputs=params)
-        return logs
+            return logs, None
+        if not keep:
+            set_grad(params, g)
+            g = None
+        if aux is not None:
+            aux.backward(inputs=params)
+        return logs, g
 
     # ---- pieces the methods share ---------------------------------------------------------------------
 
@@ -203,24 +215,41 @@ class Algorithm:
                 for j, l in enumerate(losses)]
 
     def add_ascent_gradient(self, batch: Batch, params, eps: list, n: int, scale: float = 1.0) -> float:
-        """.grad += scale · ∇L(θ + ε; S) on the whole batch in train mode; returns L(θ + ε; S). θ is perturbed
-        in place and restored from a copy, bit for bit; the model's buffers (BatchNorm running statistics) are
-        restored likewise, so the step ends with them as the θ pass left them. Empties `eps` to free memory."""
-        theta = [p.detach().clone() for p in params]
-        buffers = [b.clone() for b in self.model.buffers()]
-        with torch.no_grad():
-            torch._foreach_add_(params, eps)
-        eps.clear()
-        try:
+        """.grad += scale · ∇L(θ + ε; S) on the whole batch in train mode, at θ + ε by `moved_to` (θ and the
+        BatchNorm running statistics come back bit for bit); returns L(θ + ε; S). Consumes `eps`."""
+        with moved_to(self.model, params, eps):
+            eps.clear()
             losses, _ = self.forward(batch, supcon=False)
             loss = sum(losses) / n
             (scale * loss).backward(inputs=params)
             return loss.item()
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, theta)
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
+
+
+@contextlib.contextmanager
+def moved_to(model: nn.Module, params: list, eps: list):
+    """The block runs at θ + ε. θ + ε is written into ε's tensors (ε is consumed; one pass, no copy of θ)
+    and swapped in as the parameters' data, so θ is never written and is swapped back exactly; the model's
+    buffers (BatchNorm running statistics) are restored from copies. If a tensor of ε is laid out unlike its
+    parameter (a view of a flat vector against channels_last weights), θ + ε goes into new tensors laid out as θ."""
+    theta = [p.data for p in params]
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        if all(e.stride() == t.stride() for e, t in zip(eps, theta)):
+            torch._foreach_add_(eps, theta)
+            moved = list(eps)
+        else:
+            moved = list(torch._foreach_add(theta, eps))
+    for p, m in zip(params, moved):
+        p.data = m
+    del moved
+    try:
+        yield model
+    finally:
+        for p, t in zip(params, theta):
+            p.data = t
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
 
 
 def total(grads: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -237,14 +266,28 @@ def set_grad(params, grads) -> None:
 
 
 @torch.no_grad()
-def gradient_logs(domains: list[int], grads: list[list[torch.Tensor]], scale: float) -> dict:
-    """gnorm_<i> = ‖∇L(θ; S_i)‖ = scale·‖g_i‖ and cos_<i>_<j> = ⟨g_i, g_j⟩/(‖g_i‖‖g_j‖), over present domains."""
+def gram_matrix(grads) -> torch.Tensor:
+    """G_ij = ⟨g_i, g_j⟩ in float64 of k gradients: the rows of a k × dim tensor, or k lists of tensors
+    (per-tensor dots summed in float64, without flattening)."""
+    if isinstance(grads, torch.Tensor):
+        g = grads.double()
+        return g @ g.T
     k = len(grads)
     dots = [[torch.stack([torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(grads[i], grads[j])]).double().sum()
              for j in range(i + 1)] for i in range(k)]
-    gram = torch.stack([torch.stack([dots[max(i, j)][min(i, j)] for j in range(k)]) for i in range(k)])
+    return torch.stack([torch.stack([dots[max(i, j)][min(i, j)] for j in range(k)]) for i in range(k)])
+
+
+def cosine_matrix(gram: torch.Tensor) -> torch.Tensor:
+    """C_ij = G_ij / (‖g_i‖ ‖g_j‖), ‖g_i‖ = √G_ii, from a Gram matrix (0 where a gradient is zero)."""
     norm = gram.diagonal().sqrt()
-    cos = gram / (norm[:, None] * norm[None, :]).clamp_min(1e-300)
+    return gram / (norm[:, None] * norm[None, :]).clamp_min(1e-300)
+
+
+def gradient_logs(domains: list[int], grads: list[list[torch.Tensor]], scale: float) -> dict:
+    """gnorm_<i> = ‖∇L(θ; S_i)‖ = scale·‖g_i‖ and cos_<i>_<j> = ⟨g_i, g_j⟩/(‖g_i‖‖g_j‖), over present domains."""
+    gram = gram_matrix(grads)
+    norm, cos = gram.diagonal().sqrt(), cosine_matrix(gram)
     logs = {f"gnorm_{i}": scale * norm[a].item() for a, i in enumerate(domains)}
     logs.update({f"cos_{i}_{j}": cos[a, b].item() for a, i in enumerate(domains) for b, j in enumerate(domains)})
     return logs

@@ -9,9 +9,11 @@ from training.algorithms.base import Algorithm, gradient_logs, total
 
 
 @torch.no_grad()
-def gacfas_perturbation(named_params, domain_grad, alpha_grad, rho: float, eta: float, alpha: float) -> list[torch.Tensor]:
+def gacfas_perturbation(named_params, domain_grad, alpha_grad, rho: float, eta: float, alpha: float,
+                        inplace: bool = False) -> list[torch.Tensor]:
     """ε = ρ T² d/(‖T d‖ + 1e-16) − α m, T = |θ| + η on parameters whose name contains "weight", identity
-    elsewhere, ‖·‖ over all tensors. Paper: d = g_i, m = ∇L(θ; S); θ_i = θ + ε."""
+    elsewhere, ‖·‖ over all tensors. Paper: d = g_i, m = ∇L(θ; S); θ_i = θ + ε. inplace=True writes ε into
+    the tensors of `domain_grad`."""
     def scaling(name, p):                 # T, or None for identity; a fresh tensor the caller may overwrite
         return p.abs().add_(eta) if "weight" in name else None
 
@@ -23,8 +25,10 @@ def gacfas_perturbation(named_params, domain_grad, alpha_grad, rho: float, eta: 
     eps = []
     for (n, p), d, m in zip(named_params, domain_grad, alpha_grad):
         t = scaling(n, p)
-        e = d * scale if t is None else t.square_().mul_(d).mul_(scale)
-        eps.append(e.sub_(m, alpha=alpha))
+        e = d if inplace else d.clone()
+        if t is not None:
+            e.mul_(t.square_())
+        eps.append(e.mul_(scale).sub_(m, alpha=alpha))
     return eps
 
 
@@ -85,7 +89,8 @@ class GACFAS(Algorithm):
             aux.backward(inputs=params)           # .grad = w ∇supcon(θ); the θ graph is freed here
         del losses, aux
         full = total(gs)         # ∇L(θ; S)
-        if self.hparams["official_accumulation"]:
+        official = self.hparams["official_accumulation"]
+        if official:
             in_order = [None] * self.num_domains
             for i, g in zip(batch.domains, gs):
                 in_order[i] = g
@@ -96,14 +101,17 @@ class GACFAS(Algorithm):
             ds, m = gs, full
             del gs
         h = self.hparams
-        for j, i in enumerate(batch.domains):
-            eps = gacfas_perturbation(named, ds[j], m, h["rho"], h["eta"], h["alpha"])
+        eps = []                 # every ε_i first (ε_i in g_i's memory), so ∇L(θ; S) can become .grad
+        for j in range(len(ds)):
+            eps.append(gacfas_perturbation(named, ds[j], m, h["rho"], h["eta"], h["alpha"], inplace=not official))
             ds[j] = None
-            logs[f"loss_ascent_{i}"] = self.add_ascent_gradient(batch, params, eps, n, scale=1 / len(batch.domains))
-        with torch.no_grad():
-            for p, g in zip(params, full):
+        del ds, m
+        with torch.no_grad():    # .grad [= w ∇supcon] += ∇L(θ; S); the ascent gradients accumulate onto it
+            for p, g in zip(params, handed_over(full)):
                 if p.grad is None:
                     p.grad = g
                 else:
                     p.grad.add_(g)
+        for i, e in zip(batch.domains, handed_over(eps)):
+            logs[f"loss_ascent_{i}"] = self.add_ascent_gradient(batch, params, e, n, scale=1 / len(batch.domains))
         return logs

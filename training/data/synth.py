@@ -16,6 +16,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,23 @@ DEPTH_SIZE = 32
 CHUNK = 96           # images rendered at once (fixed: noise is drawn per chunk)
 DEFAULT_SAMPLES = {"train": 600, "test": 300}
 KINDS = ("print", "replay", "cut", "warped")
+REGIONS = ("face", "edge", "hand", "background", "other")   # what each pixel of an image shows
+EDGE_BAND = 2.0      # image pixels inside a medium's outline that count as its edge
+
+
+class Annotations(NamedTuple):
+    """What SynthFAS knows of each image beyond its label: kinds int64 [N] (an index into KINDS, -1 for
+    live) and regions uint8 [N, H, W], each pixel's index into REGIONS: the face (live: the face; spoof:
+    the face on the medium), the medium's edge (margin or bezel and a band of EDGE_BAND pixels inside its
+    outline), the holding hand, the background (the room around the person or the medium), and other
+    (hair, neck, body; the medium's non-face content). A pixel is the region covering most of it."""
+
+    kinds: torch.Tensor
+    regions: torch.Tensor
+
+    def kind_names(self) -> list[str]:
+        """Each image's attack kind by name, 'live' for live images."""
+        return ["live" if k < 0 else KINDS[k] for k in self.kinds.tolist()]
 
 
 @dataclass(frozen=True)
@@ -351,7 +369,8 @@ def _relief(x, y, p):
 
 def _render(p, size, face=True):
     """The scene in linear RGB [n,3,size,size]: room, then (if `face`) the person lit by
-    p's lights with relief shading. Returns (image, face mask)."""
+    p's lights with relief shading. Returns (image, {"face": mask, "person": mask}), soft masks [n,1,size,size];
+    the person is face, hair, neck and body."""
     n = p["wall"].shape[0]
     u, v = _grid(size)
     px = 2.0 / size
@@ -363,7 +382,8 @@ def _render(p, size, face=True):
         img = _paint(img, _inside(_box(u - cx, v - cy, hw, hh), px), p["clutter"][:, k].view(n, 3, 1, 1))
     back = 1 + (_sc(p, "backlight") - 1).clamp(min=0) if "backlight" in p else 1
     if not face:
-        return img * light * back, torch.zeros(n, 1, size, size)
+        none = torch.zeros(n, 1, size, size)
+        return img * light * back, {"face": none, "person": none}
 
     x, y = _face_coords(u, v, p)
     a, b, shift, ex, ey = _features(p)
@@ -418,7 +438,8 @@ def _render(p, size, face=True):
     person = (face_mask + cap + _inside(_ellipse(x, y - 2.25 * b, 2.3 * a, 1.05 * b), w)).clamp(max=1)
     if "backlight" in p:   # a backlit room: the wall outshines the person
         img = img * (1 + (_sc(p, "backlight") - 1).clamp(min=0) * (1 - person))
-    return img * light, face_mask
+    neck = _inside(_box(x, y - 1.2 * b, 0.42 * a, 0.6 * b), w)
+    return img * light, {"face": face_mask, "person": (person + long_hair + neck).clamp(max=1)}
 
 
 def _grad(z, w):
@@ -443,11 +464,13 @@ def _halftone(img, xq, yq, freq, cue, w):
 
 
 def _spoof(p, q, size):
-    """Spoofs: the photo scene `p` reproduced on the attack medium of `q`, placed in the room."""
+    """Spoofs: the photo scene `p` reproduced on the attack medium of `q`, placed in the room.
+    Returns (image, soft masks of the REGIONS but "other"): the printed face, the medium's edge (margin
+    or bezel and a band inside its outline), the holding hand and the room around."""
     n = q["kind"].shape[0]
     u, v = _grid(size)
     px = 2.0 / size
-    photo, _ = _render(p, size)
+    photo, photo_masks = _render(p, size)
     room, _ = _render(q, size, face=False)
     kind = _sc(q, "kind")
     is_print, is_replay = (kind != 1).float(), (kind == 1).float()
@@ -506,7 +529,12 @@ def _spoof(p, q, size):
     fingers = sum(_inside(_ellipse(fx - dx, yq - 1.0 - border, 0.09, 0.22), w) for dx in (0.0, 0.19))
     fingers = fingers.clamp(max=1) * _sc(q, "fingers") * is_print
     img = _paint(img, fingers, _col(q, "finger_skin") * light * (0.85 + 0.15 * torch.sin(3 * fx)))
-    return img
+
+    band = EDGE_BAND * SUPERSAMPLE * px / s     # the band inside the outline, in medium units
+    edge = (outer - _inside(_box(xq, yq, 1.0 - band, 1.0 - band), w)).clamp(min=0) * (1 - fingers)
+    face = F.grid_sample(photo_masks["face"], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    face = face * picture * (1 - fingers) * (1 - edge)
+    return img, {"face": face, "edge": edge, "hand": fingers, "background": (1 - outer) * (1 - fingers)}
 
 
 def _blur(x, sigma):
@@ -564,7 +592,7 @@ def generate(domain: str, split: str, image_size: int = 64, samples: int | None 
 
 
 def _generate(domain, split, image_size, samples, seed):
-    """`generate`, plus each image's attack kind (an index into KINDS, -1 for live)."""
+    """`generate`, plus each image's `Annotations` (attack kind and region map)."""
     spec = DOMAINS[domain]
     n = DEFAULT_SAMPLES[split] if samples is None else samples
     key = (VERSION, seed, domain, split, image_size, n)
@@ -591,22 +619,29 @@ def _generate(domain, split, image_size, samples, seed):
     cam = _cameras(g, n, spec)
 
     big = image_size * SUPERSAMPLE
-    images, depth = [], []
+    images, depth, region_maps = [], [], []
     for start in range(0, n, CHUNK):
         sl = slice(start, min(n, start + CHUNK))
         live = label[sl] > 0
         pc = {k: t[sl] for k, t in p.items()}
         on, off = live.nonzero().flatten() + start, (~live).nonzero().flatten() + start
         scene = torch.empty(len(live), 3, big, big)
-        scene[on - start] = _render({k: t[on] for k, t in p.items()}, big)[0]
-        scene[off - start] = _spoof({k: t[off] for k, t in photo.items()}, {k: t[off] for k, t in attack.items()}, big)
+        regions = torch.zeros(len(live), len(REGIONS) - 1, big, big)    # soft shares; "other" is the rest
+        scene[on - start], live_masks = _render({k: t[on] for k, t in p.items()}, big)
+        regions[on - start, 0:1] = live_masks["face"]
+        regions[on - start, 3:4] = 1 - live_masks["person"]
+        scene[off - start], spoof_masks = _spoof({k: t[off] for k, t in photo.items()}, {k: t[off] for k, t in attack.items()}, big)
+        regions[off - start] = torch.cat([spoof_masks[r] for r in REGIONS[:-1]], 1)
         images.append(_capture(scene, {k: t[sl] for k, t in cam.items()}, image_size, _generator(*key, "noise", start)))
+        shares = F.avg_pool2d(regions, SUPERSAMPLE).clamp(0, 1)
+        shares = torch.cat([shares, (1 - shares.sum(1, keepdim=True)).clamp(min=0)], 1)
+        region_maps.append(shares.argmax(1).to(torch.uint8))
         u, v = _grid(DEPTH_SIZE)
         x, y = _face_coords(u, v, pc)
         z = (_relief(x, y, pc) / 0.9).clamp(0, 1) * live.view(-1, 1, 1, 1)
         depth.append((z[:, 0] * 255).round().to(torch.uint8))
     kinds = torch.where(label > 0, -1, attack["kind"].long())
-    return DomainData(torch.cat(images), label, torch.cat(depth), ids[client]), kinds
+    return DomainData(torch.cat(images), label, torch.cat(depth), ids[client]), Annotations(kinds, torch.cat(region_maps))
 
 
 # ----------------------------------------------------------------------------- cache
@@ -630,21 +665,36 @@ def cache_key(domain: str, split: str, image_size: int, samples: int | None, see
 def load(domain: str, split: str, image_size: int = 64, samples: int | None = None, seed: int = 0,
          cache: str | os.PathLike | None = None) -> DomainData:
     """`generate`, read from the cache when present, else generated and written atomically."""
-    path = cache_dir(cache) / (cache_key(domain, split, image_size, samples, seed) + ".pt")
+    return _cached(domain, split, image_size, samples, seed, cache, "")
+
+
+def load_annotations(domain: str, split: str, image_size: int = 64, samples: int | None = None, seed: int = 0,
+                     cache: str | os.PathLike | None = None) -> Annotations:
+    """The `Annotations` of the images `load` returns for the same arguments (cached beside them)."""
+    return _cached(domain, split, image_size, samples, seed, cache, ".annotations")
+
+
+def _cached(domain, split, image_size, samples, seed, cache, suffix):
+    """One of the two cache files of these arguments (images: suffix "", annotations: ".annotations");
+    a missing, truncated or foreign file is regenerated, both files at once."""
+    kind = Annotations if suffix else DomainData
+    base = cache_dir(cache) / cache_key(domain, split, image_size, samples, seed)
+    path = base.with_name(base.name + suffix + ".pt")
     if path.exists():
         try:
-            return DomainData(**torch.load(path, weights_only=True))
+            return kind(**torch.load(path, weights_only=True))
         except Exception:
             pass    # a truncated or foreign file: regenerate over it
     from training.checkpoint import atomic_save
     from training.errors import FaslandError
 
-    data = generate(domain, split, image_size, samples, seed)
-    try:
-        atomic_save(data._asdict(), path)
-    except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
-        print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
-    return data
+    data, notes = _generate(domain, split, image_size, samples, seed)
+    for part, p in ((data, base.with_name(base.name + ".pt")), (notes, base.with_name(base.name + ".annotations.pt"))):
+        try:
+            atomic_save(part._asdict(), p)
+        except FaslandError as e:   # a full or read-only disk: the cache is only a speed-up
+            print(f"fasland: {e}; continuing without the SynthFAS cache", file=sys.stderr)
+    return notes if suffix else data
 
 
 def write_synth(out_dir, image_size: int = 64, samples: int | None = None, seed: int = 0) -> list[Path]:
@@ -671,7 +721,7 @@ def contact_sheet(path, image_size: int = 64, seed: int = 0, per_class: int = 6)
     cols = 2 * per_class
     fig, axes = plt.subplots(len(DOMAINS), cols, figsize=(1.2 * cols, 1.35 * len(DOMAINS)))
     for row, domain in enumerate(DOMAINS):
-        data, kinds = _generate(domain, "test", image_size, 8 * per_class, seed)
+        data, (kinds, _) = _generate(domain, "test", image_size, 8 * per_class, seed)
         live = (data.labels == 1).nonzero().flatten()[:per_class]
         spoof = (data.labels == 0).nonzero().flatten()[:per_class]
         for col, i in enumerate(torch.cat([live, spoof]).tolist()):

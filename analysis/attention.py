@@ -1,0 +1,367 @@
+"""Attention maps: where a model's live score s(x) (its logit, > 0 = live) looks, and how much of that
+attention falls on the face, on the attack medium's edges and the holding hand, and on the background.
+
+A map A(x) ≥ 0 [H, W] per image; its share on a region R (a set of pixels) is
+    fraction_R = Σ_{ij ∈ R} A_ij / Σ_ij A_ij,
+averaged over a domain's probe images. SynthFAS annotates every pixel of every image with the region it
+shows (training.data.synth.REGIONS: face; edge, hand of a spoof; background; other), so the fractions sum
+to 1. Real crops have no annotation: their face is the crop's centre ellipse (FACE_ELLIPSE semi-axes, in
+half-widths) — an approximation that holds for face-centred crops —, the rest is "other", and edge, hand
+and background are unknown (NaN).
+
+Methods, computed with captum (Kokhlikyan et al. 2020):
+    gradcam               ReLU(Σ_k w_k A^k), w_k = mean_ij ∂s/∂A^k_ij            (captum LayerGradCam)
+    gradcam++             w_k = Σ_ij α^k_ij ReLU(∂s/∂A^k_ij),
+                          α = g² / (2 g² + Σ_ab A^k_ab · g³), g = ∂s/∂A^k_ij     (Chattopadhay et al. 2018,
+                          on captum's layer gradients and activations)
+    integrated-gradients  Σ_c |(x − x̄)_c ∫₀¹ ∂s/∂x_c(x̄ + t(x − x̄)) dt|, x̄ = 0 (the mean image after
+                          normalization)                                        (captum IntegratedGradients)
+A^k are the channels of the last convolutional layer the forward pass runs (or `layer`); CAM maps are
+upsampled bilinearly to the image size.
+
+Why captum and not grad-cam (pytorch-grad-cam): captum is pure Python on top of torch (it brings no
+OpenCV binary and left torch 2.14.1 and numpy untouched here), it returns raw attributions — grad-cam
+min-max rescales every map, which would shift mass between regions — and it covers the one method that
+needs no convolution (integrated gradients). It has no Grad-CAM++, which is its closed-form weights on
+top of the gradients captum computes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.errors import FaslandError
+
+# torch, numpy, captum and SynthFAS are imported inside the functions: `fasland --help` stays quick
+
+METHODS = ("gradcam", "gradcam++", "integrated-gradients")
+FACE_ELLIPSE = (0.55, 0.7)      # real data: the face as the crop's centre ellipse, semi-axes in half-widths
+
+
+# ----------------------------------------------------------------------------- maps
+
+def cam_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer whose activations a CAM weighs: the module called `name`, else the last nn.Conv2d one
+    forward pass of `x` runs."""
+    import torch
+    from torch import nn
+
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+            raise FaslandError(f"the model has no layer '{name}'; pass --layer with a module name such as "
+                               f"{', '.join(convs[-3:]) or 'layer4'}")
+        return name, modules[name]
+    ran = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    if not ran:
+        raise FaslandError("the model has no convolutional layer for a class-activation map; use --method integrated-gradients")
+    return ran[-1], modules[ran[-1]]
+
+
+def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", layer: str | None = None,
+                   steps: int = 32, batch_size: int = 16, score=None) -> tuple[torch.Tensor, str | None]:
+    """Maps [N, H, W] ≥ 0 of the live score s(x) = score(model(x)) (default: the model's one logit) for
+    normalized images x [N, C, H, W], in eval mode; returns (maps, the CAM layer's name or None)."""
+    import torch
+    from captum.attr import IntegratedGradients, LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
+
+    if method not in METHODS:
+        raise FaslandError(f"unknown attention method '{method}'; use one of {', '.join(METHODS)}")
+    forward = model if score is None else (lambda inputs: score(model(inputs)))
+    was_training = model.training
+    model.eval()
+    try:
+        name = None
+        if method != "integrated-gradients":
+            name, module = cam_layer(model, x, layer)
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
+            if method == "integrated-gradients":
+                attr = IntegratedGradients(forward).attribute(xb, baselines=torch.zeros_like(xb), n_steps=steps,
+                                                            internal_batch_size=batch_size)
+                out.append(attr.abs().sum(1).detach())
+                continue
+            if method == "gradcam":
+                cam = LayerGradCam(forward, module).attribute(xb, relu_attributions=True)
+            else:
+                grads = LayerGradientXActivation(forward, module, multiply_by_inputs=False).attribute(xb)
+                acts = LayerActivation(forward, module).attribute(xb)
+                cam = gradcam_plus_plus(acts, grads)
+            if cam.dim() != 4:
+                raise FaslandError(f"layer '{name}' gives {tuple(cam.shape)[1:]} per image, not a spatial map; "
+                                   f"pass --layer with a convolutional layer, or use --method integrated-gradients")
+            cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+            out.append(cam[:, 0].clamp(min=0).detach())
+        return torch.cat(out).float(), name
+    finally:
+        model.train(was_training)
+
+
+def gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """ReLU(Σ_k w_k A^k) [N, 1, h, w] with w_k = Σ_ij α^k_ij ReLU(g^k_ij), α = g² / (2g² + Σ_ab A^k_ab g³)."""
+    import torch
+
+    g2, g3 = grads ** 2, grads ** 3
+    denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g3
+    alpha = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    weights = (alpha * grads.clamp(min=0)).sum((2, 3), keepdim=True)
+    return (weights * acts).sum(1, keepdim=True).clamp(min=0)
+
+
+# ----------------------------------------------------------------------------- where the mass falls
+
+def region_fractions(maps: torch.Tensor, regions: torch.Tensor, known=None) -> torch.Tensor:
+    """[N, len(REGIONS)]: Σ_{ij ∈ R} A_ij / Σ_ij A_ij per image, for region maps [N, H, W] of indices into
+    REGIONS; NaN for regions not in `known` (default: all known) and for a map with no mass."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.data.synth import REGIONS
+
+    a = maps.double().flatten(1)
+    onehot = F.one_hot(regions.long().flatten(1), len(REGIONS)).double()      # [N, HW, R]
+    total = a.sum(1, keepdim=True)
+    out = (a[:, :, None] * onehot).sum(1) / total
+    out[:, [i for i, r in enumerate(REGIONS) if known is not None and r not in known]] = float("nan")
+    return torch.where(total > 0, out, torch.full_like(out, float("nan")))
+
+
+def face_ellipse(size: int, semi_axes: tuple[float, float] = FACE_ELLIPSE) -> torch.Tensor:
+    """Region map [size, size] of a real crop: face inside the centred ellipse (u/a)² + (v/b)² ≤ 1 (u, v in
+    [-1, 1] at pixel centres), other outside."""
+    import torch
+
+    from training.data.synth import REGIONS
+
+    t = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    inside = ((t[None, :] / semi_axes[0]) ** 2 + (t[:, None] / semi_axes[1]) ** 2) <= 1
+    return torch.where(inside, REGIONS.index("face"), REGIONS.index("other")).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- the command's result
+
+@dataclass
+class DomainAttention:
+    """One domain's probe images (uint8 [N,3,H,W]), labels (1 = live), attack kinds, region maps
+    (uint8 [N,H,W], indices into REGIONS), maps [N,H,W] and their region fractions [N, len(REGIONS)]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    kinds: list
+    regions: torch.Tensor
+    maps: torch.Tensor
+    fractions: torch.Tensor
+
+    def summary(self) -> dict:
+        """Mean fraction per region over all images, the live ones and the spoofs; edge_hand = edge + hand."""
+        import torch
+
+        from training.data.synth import REGIONS
+
+        out = {}
+        for group, keep in (("all", torch.ones_like(self.labels, dtype=torch.bool)), ("live", self.labels == 1),
+                            ("spoof", self.labels == 0)):
+            f = self.fractions[keep]
+            row = {r: _mean(f[:, i]) for i, r in enumerate(REGIONS)}
+            row["edge_hand"] = None if row["edge"] is None else row["edge"] + row["hand"]
+            out[group] = {**row, "images": int(keep.sum())}
+        return out
+
+
+def _mean(v: torch.Tensor):
+    v = v[~v.isnan()]
+    return float(v.mean()) if len(v) else None
+
+
+@dataclass
+class AttentionResult:
+    """Maps of one checkpoint's live score on probe images of each of its protocol's domains."""
+
+    method: str
+    layer: str | None
+    protocol: str
+    target: str
+    checkpoint: str
+    domains: dict = field(default_factory=dict)       # name -> DomainAttention
+
+    def fractions(self) -> dict:
+        """{domain: {"all"|"live"|"spoof": {region: mean fraction}}}."""
+        return {d: a.summary() for d, a in self.domains.items()}
+
+    def to_json(self) -> dict:
+        from training.data.synth import REGIONS
+
+        return {"command": "attention", "method": self.method, "layer": self.layer, "checkpoint": self.checkpoint,
+                "protocol": self.protocol, "target": self.target, "regions": list(REGIONS), "fractions": self.fractions()}
+
+    def write(self, out) -> list[Path]:
+        """out/attention.h5 (per domain: images, labels, kinds, regions, maps, fractions), out/attention.json
+        (the fractions) and one contact sheet out/sheet_<D>.png per domain; returns the paths."""
+        import h5py
+        import numpy as np
+
+        from training.checkpoint import atomic_write
+        from training.data.synth import REGIONS
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def h5(tmp):
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update({k: v for k, v in self.to_json().items() if isinstance(v, str)})
+                f.attrs["regions"] = json.dumps(list(REGIONS))
+                for d, a in self.domains.items():
+                    g = f.create_group(d)
+                    g["images"], g["labels"] = a.images.numpy(), a.labels.numpy()
+                    g["kinds"] = np.array(a.kinds, dtype=h5py.string_dtype())
+                    g["regions"], g["maps"], g["fractions"] = a.regions.numpy(), a.maps.numpy(), a.fractions.numpy()
+                    g.attrs["role"] = "target" if d == self.target else "source"
+
+        paths = [out / "attention.h5", out / "attention.json"]
+        atomic_write(paths[0], h5)
+        atomic_write(paths[1], lambda tmp: tmp.write_text(json.dumps(self.to_json(), indent=1)))
+        for d, a in self.domains.items():
+            paths.append(out / f"sheet_{d}.png")
+            title = f"{self.method} of the live score, domain {d} ({'target' if d == self.target else 'source'})"
+            atomic_write(paths[-1], lambda tmp, a=a, title=title: contact_sheet(a, title, tmp))
+        return paths
+
+
+def overlay(image: torch.Tensor, amap: torch.Tensor):
+    """The uint8 image [3,H,W] under the map (scaled to its maximum) in matplotlib's jet, half and half."""
+    import matplotlib
+
+    rgb = image.permute(1, 2, 0).numpy() / 255.0
+    m = amap.numpy() / max(float(amap.max()), 1e-12)
+    return 0.5 * rgb + 0.5 * matplotlib.colormaps["jet"](m)[..., :3]
+
+
+def contact_sheet(a: DomainAttention, title: str, path, columns: int = 8) -> None:
+    """A PNG: columns of (image, map, overlay), each titled with its label/kind and face fraction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(columns, len(a.labels))
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    for j in range(n):
+        face = a.fractions[j, 0].item()
+        axes[0, j].imshow(a.images[j].permute(1, 2, 0).numpy())
+        axes[0, j].set_title(f"{a.kinds[j]}\nface {face:.2f}", fontsize=7, color="green" if a.labels[j] == 1 else "red")
+        axes[1, j].imshow(a.maps[j].numpy(), cmap="jet")
+        axes[2, j].imshow(overlay(a.images[j], a.maps[j]))
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    for i, label in enumerate(("image", "map", "overlay")):
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+
+def probe_images(config: dict, domain: str, samples: int, data: str | None = None):
+    """`samples` test images of `domain` as the checkpoint's protocol sees them, evenly spread:
+    (DomainData, kinds, region maps [N,H,W], the regions known)."""
+    import torch
+
+    from training.data.protocols import check_protocol_data, load_protocol_domain
+    from training.data.synth import REGIONS
+
+    d = config["data"]
+    root = data or d["root"]
+    if str(root) != "synth":      # real crops, one frame per video: the centre ellipse as the face, nothing else known
+        from training.data import folders
+
+        check_protocol_data(config["protocol"], root)
+        dom = folders.load_frames(root, domain, "test", d["image_size"], 1, samples, seed=d.get("seed", 0))
+        regions = face_ellipse(dom.images.shape[-1]).expand(len(dom.labels), -1, -1).clone()
+        return dom, ["live" if y == 1 else "spoof" for y in dom.labels.tolist()], regions, ("face", "other")
+    dom, notes = load_protocol_domain(config["protocol"], root, domain, "test", d["image_size"], d.get("seed", 0))
+    idx = torch.linspace(0, len(dom.labels) - 1, min(samples, len(dom.labels))).round().long()
+    names = notes.kind_names()
+    return type(dom)(*(t[idx] for t in dom)), [names[i] for i in idx.tolist()], notes.regions[idx], REGIONS
+
+
+def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None = None, samples: int = 16,
+              steps: int = 32, data: str | None = None, device="cpu") -> AttentionResult:
+    """Maps of the checkpoint's live score on `samples` test images of every domain of its protocol
+    (sources and target), their region fractions, and (given `out`) the files of `AttentionResult.write`."""
+    from training.checkpoint import load_model
+    from training.data import normalize
+    from training.data.protocols import parse_protocol
+    from training.probe import Loss
+
+    if method not in METHODS:
+        raise FaslandError(f"unknown attention method '{method}'; use one of {', '.join(METHODS)}")
+    for name, v in (("samples", samples), ("steps", steps)):
+        if v <= 0:
+            raise FaslandError(f"--{name} {v} must be positive; pass e.g. --{name} 16")
+    model, ckpt = load_model(checkpoint, device)
+    config = ckpt["config"]
+    if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
+        raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+    sources, target = parse_protocol(config["protocol"])
+    live_score = Loss.from_config(config).score      # the logit, or z_live − z_spoof of a two-class head
+    result = AttentionResult(method, None, config["protocol"], target, str(checkpoint))
+    for d in (*sources, target):
+        dom, kinds, regions, known = probe_images(config, d, samples, data)
+        x = normalize(dom.images, config["data"].get("normalize", "imagenet")).to(device)
+        maps, result.layer = attention_maps(model, x, method, layer, steps, score=live_score)
+        maps = maps.cpu()
+        result.domains[d] = DomainAttention(dom.images, dom.labels, kinds, regions, maps, region_fractions(maps, regions, known))
+    if out is not None:
+        result.write(out)
+    return result
+
+
+# ----------------------------------------------------------------------------- the command
+
+def register(sub) -> None:
+    p = sub.add_parser("attention", help="class-activation maps of the live score, and their share on face, edges/hands, background",
+                       description="Maps of a checkpoint's live score (Grad-CAM, Grad-CAM++ or integrated gradients, by captum) "
+                                   "on test images of every domain of its protocol; the fraction of each map's mass on the "
+                                   "face, on the attack medium's edge and the hand, and on the background (SynthFAS knows "
+                                   "each image's regions; real crops: the centre ellipse as the face). Writes "
+                                   "attention.h5, attention.json and a contact sheet per domain.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'fasland train' or 'fasland import'")
+    p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++ or integrated-gradients")
+    p.add_argument("--layer", default=None, help="CAM layer by module name (default: the last convolution, e.g. layer4.1.conv2)")
+    p.add_argument("--samples", type=int, default=16, help="test images per domain")
+    p.add_argument("--steps", type=int, default=32, help="integrated gradients: points on the path")
+    p.add_argument("--data", default=None, help="'synth' or the real datasets' root (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=run_attention)
+
+
+def run_attention(args) -> int:
+    from training.device import pick_device
+
+    if args.method not in METHODS:
+        raise FaslandError(f"unknown attention method '{args.method}'; use one of {', '.join(METHODS)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FaslandError(f"--out '{args.out}' is a file; pass a folder for the maps and contact sheets")
+    r = attention(args.checkpoint, None, args.method, args.layer, args.samples, args.steps, args.data, pick_device(args.device))
+    r.write(out)
+    print(f"{r.method} of {r.checkpoint} ({r.protocol}{', layer ' + r.layer if r.layer else ''}): share of attention")
+    print(f"  {'domain':<10} {'face':>6} {'edge/hand':>9} {'backgr.':>7} {'other':>6}")
+    for d, s in r.fractions().items():
+        a = s["all"]
+        print(f"  {d + (' (target)' if d == r.target else ''):<10} " + " ".join(
+            f"{'–' if v is None else f'{v:.3f}':>{w}}" for v, w in ((a["face"], 6), (a["edge_hand"], 9), (a["background"], 7), (a["other"], 6))))
+    print(f"written: {out / 'attention.h5'}, {out / 'attention.json'}, {out}/sheet_<D>.png")
+    return 0
