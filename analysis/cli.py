@@ -56,7 +56,10 @@ def register(sub) -> None:
                                    "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
                                    "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
                                    "view and writes report.md / report.html. Rerunning resumes.")
-    p.add_argument("--protocol", default="ICM2O", help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out)")
+    p.add_argument("--protocol", default=None, help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out); "
+                   "default ICM2O, or the --checkpoints' own")
+    p.add_argument("--checkpoints", default=None, metavar="NAME=CKPT[,NAME=CKPT...]",
+                   help="analyse these models (made by fasland train or fasland import) instead of training --methods")
     p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
     p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
     p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
@@ -122,6 +125,6 @@ def run_study(args) -> int:
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
                     data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
-                    seeds=args.seeds, keep_checkpoints=args.keep_checkpoints)
+                    seeds=args.seeds, checkpoints=args.checkpoints, keep_checkpoints=args.keep_checkpoints)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

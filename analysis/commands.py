@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from analysis import hessian as hs
+from analysis.results import ConflictResult, HessianResult
 from landscape.commands import check_positive, frames_spec, set_threads, warn_unsettled
 from training.presets import resolved
 from training.errors import FaslandError
@@ -20,21 +21,20 @@ from training.errors import FaslandError
 PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None, "frames_per_video": 1}
 
 
-def read_previous(path) -> dict:
-    """An earlier result at `path` to resume from, or {} (missing or unreadable: start afresh)."""
+def read_previous(path, schema):
+    """An earlier result at `path` to resume from, or None (missing, unreadable, of another version or
+    invalid: start afresh; check_out made sure it is this command's)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        return schema.read(path)
+    except FaslandError:
+        return None
 
 
-def write_json(path, obj) -> None:
-    """JSON to a temporary file beside `path`, then renamed over it: a kill never leaves a torn file."""
+def write_result(path, result) -> None:
+    """The result's JSON to a temporary file beside `path`, then renamed over it: a kill never leaves a torn file."""
     from training.checkpoint import atomic_write
 
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result.to_json(), indent=1)))
 
 
 def check_out(path, command: str) -> None:
@@ -116,13 +116,13 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
             per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, data=None, max_samples: int = 256,
-            batch_size: int = 256, device: str = "auto", threads: int | None = None, frames_per_video: int = 1) -> dict:
+            batch_size: int = 256, device: str = "auto", threads: int | None = None, frames_per_video: int = 1) -> HessianResult:
     """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues
     (solver "lanczos" or PyHessian's "power"), with trace=True tr H by Hutchinson, with density=True the
     SLQ spectral density, with per_domain=True λ_max of each source domain and of the target.
 
     Sections are computed in turn and `out` rewritten after each; a section already there with the same
-    checkpoint, probe and settings is reused. Returns the result dict (the JSON's content)."""
+    checkpoint, probe and settings is reused. Returns the HessianResult (the JSON's schema)."""
     import time
 
     from analysis.mpi_reduce import shard
@@ -136,15 +136,13 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     w, dev, model, ckpt, probe, data_spec = setup(checkpoint, out, "hessian", data, max_samples, batch_size, device, threads, frames_per_video)
     sha = file_hash(checkpoint)
     key = {"checkpoint_sha256": sha, "data": data_spec}
-    previous = read_previous(out) if out is not None and w.rank == 0 else {}
-    previous = w.agree(previous if previous.get("key") == key else {})
-    result = {
-        "command": "hessian", "method": ckpt["config"].get("method"), "checkpoint": str(checkpoint), "key": key,
-        "provenance": {"checkpoint": resolved(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
-                       "data": data_spec, "seed": seed, "hvp": hvp, "mpi_ranks": w.size, "device": str(dev),
-                       "versions": versions()},
-        "sections": {},
-    }
+    previous = read_previous(out, HessianResult) if out is not None and w.rank == 0 else None
+    previous = w.agree(previous if previous is not None and previous.key == key else None)
+    result = HessianResult(
+        method=ckpt["config"].get("method"), checkpoint=str(checkpoint), key=key,
+        provenance={"checkpoint": resolved(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
+                    "data": data_spec, "seed": seed, "hvp": hvp, "mpi_ranks": w.size, "device": str(dev),
+                    "versions": versions()})
     eig = {"top_k": top_k, "method": solver, "tol": tol, "max_iter": max_iter, "seed": seed}
     wanted = [("eigenvalues", eig)]
     if trace:
@@ -154,8 +152,8 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     if per_domain:
         wanted += [(f"per_domain/{d}", {**eig, "top_k": 1}) for d in (*probe.sources, probe.target)]
     # keep what an earlier run of this checkpoint and probe computed, settings and all
-    for name, settings in previous.get("sections", {}).items():
-        result["sections"][name] = settings
+    for name, info in (previous.sections if previous is not None else {}).items():
+        result.sections[name] = info
         _copy_section(previous, result, name)
 
     def operator(which):
@@ -165,67 +163,70 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
 
     def save():
         if out is not None and w.rank == 0:
-            write_json(out, result)
+            write_result(out, result)
 
     for name, settings in wanted:
-        if result["sections"].get(name, {}).get("settings") == settings:
+        if result.sections.get(name, {}).get("settings") == settings:
             continue
         started = time.perf_counter()
         if name == "eigenvalues":
             H = operator("train")
             H.progress = bar = progress_bar(w, max_iter * (top_k if solver == "power" else 1), f"top-{top_k} eigenvalues", "hvp")
-            result["eigenvalues"] = hs.top_eigenvalues(H, top_k, tol, solver, seed, max_iter)
-            result["train_loss"] = H.loss()
+            result.eigenvalues = list(hs.top_eigenvalues(H, top_k, tol, solver, seed, max_iter))
+            result.train_loss = H.loss()
         elif name == "trace":
             H = operator("train")
             H.progress = bar = progress_bar(w, trace_samples, "trace", "hvp")
             t = hs.trace(H, trace_samples, seed=seed, method="hutchinson")
-            result["trace"] = {"mean": t.mean, "stderr": t.stderr, "n_samples": len(t.samples), "samples": t.samples}
+            result.trace = {"mean": t.mean, "stderr": t.stderr, "n_samples": len(t.samples), "samples": t.samples}
         elif name == "density":
             H = operator("train")
             H.progress = bar = progress_bar(w, density_iter * density_runs, "density", "hvp")
             nodes, weights = hs.slq(H, density_iter, density_runs, seed)
             grid, dens, sigma = hs.broaden(nodes, weights)
-            result["density"] = {"grid": grid.tolist(), "density": dens.tolist(), "sigma": sigma,
+            result.density = {"grid": grid.tolist(), "density": dens.tolist(), "sigma": sigma,
                                  "nodes": nodes, "weights": weights}
         else:
             d = name.split("/", 1)[1]
             H = operator(d)
             H.progress = bar = progress_bar(w, max_iter, f"λ_max {d}", "hvp")
             lam = hs.top_eigenvalues(H, 1, tol, solver, seed, max_iter)[0]
-            result.setdefault("per_domain", {})[d] = {"lambda_max": lam, "role": "target" if d == probe.target else "source",
+            result.per_domain[d] = {"lambda_max": lam, "role": "target" if d == probe.target else "source",
                                                      "samples": data_spec["samples"][d]}
         bar.close()
-        result["sections"][name] = {"settings": settings, "hvps": H.calls, "seconds": round(time.perf_counter() - started, 3)}
+        result.sections[name] = {"settings": settings, "hvps": H.calls, "seconds": round(time.perf_counter() - started, 3)}
         del H
         save()
     save()
     return result
 
 
-def _copy_section(previous: dict, result: dict, name: str) -> None:
+def _copy_section(previous: HessianResult, result: HessianResult, name: str) -> None:
+    """Section `name`'s values from an earlier result: a field of the schema, or a key kept in its `extra`."""
     if name.startswith("per_domain/"):
         d = name.split("/", 1)[1]
-        if d in previous.get("per_domain", {}):
-            result.setdefault("per_domain", {})[d] = previous["per_domain"][d]
+        if d in previous.per_domain:
+            result.per_domain[d] = previous.per_domain[d]
         return
     for key in {"eigenvalues": ("eigenvalues", "train_loss")}.get(name, (name,)):
-        if key in previous:
-            result[key] = previous[key]
+        if key in previous.extra:
+            result.extra[key] = previous.extra[key]
+        elif hasattr(result, key):
+            setattr(result, key, getattr(previous, key))
 
 
-def hessian_summary(r: dict, out) -> str:
+def hessian_summary(r: HessianResult, out) -> str:
     """What `fasland hessian` prints: the result's numbers in a few lines."""
-    data = r["provenance"]["data"]
-    lines = [f"Hessian of {r['checkpoint']} ({data['protocol']}, "
+    data = r.provenance["data"]
+    lines = [f"Hessian of {r.checkpoint} ({data['protocol']}, "
              f"{sum(data['samples'][d] for d in data['sources'])} source images, eval mode)"]
-    rows = [(f"λ_{i + 1}", f"{v:.6g}") for i, v in enumerate(r.get("eigenvalues", []))]
-    if "trace" in r:
-        rows.append(("trace", f"{r['trace']['mean']:.6g} ± {r['trace']['stderr']:.2g} ({r['trace']['n_samples']} samples)"))
-    if "density" in r:
-        nodes = [x for run in r["density"]["nodes"] for x in run]
-        rows.append(("density", f"SLQ nodes in [{min(nodes):.4g}, {max(nodes):.4g}], σ = {r['density']['sigma']:.3g}"))
-    for d, v in r.get("per_domain", {}).items():
+    rows = [(f"λ_{i + 1}", f"{v:.6g}") for i, v in enumerate(r.eigenvalues or [])]
+    if r.trace is not None:
+        rows.append(("trace", f"{r.trace['mean']:.6g} ± {r.trace['stderr']:.2g} ({r.trace['n_samples']} samples)"))
+    if r.density is not None:
+        nodes = [x for run in r.density["nodes"] for x in run]
+        rows.append(("density", f"SLQ nodes in [{min(nodes):.4g}, {max(nodes):.4g}], σ = {r.density['sigma']:.3g}"))
+    for d, v in r.per_domain.items():
         rows.append((f"λ_max {d} ({v['role']})", f"{v['lambda_max']:.6g}"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
@@ -267,7 +268,7 @@ def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
 def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None = None, eta: float | None = None,
               alpha: float | None = None, adaptive: bool | None = None, official_accumulation: bool | None = None,
               trajectory=None, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-              threads: int | None = None, interval_subsets: int = 4, frames_per_video: int = 1) -> dict:
+              threads: int | None = None, interval_subsets: int = 4, frames_per_video: int = 1) -> ConflictResult:
     """Per-domain gradient cosines of a checkpoint at θ (at="theta"), also at SAM's and each domain's GAC-FAS
     ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt.
     ρ, η, α, adaptive, official_accumulation default to the checkpoint's hparams, else GAC-FAS's.
@@ -275,7 +276,7 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     `interval_subsets` client subsets per domain (0: none; capped at the clients of the smallest domain; one rank only).
 
     The checkpoint's record first (its domain gradients spread over ranks), then each trajectory checkpoint
-    not yet in `out` (one per rank at a time); `out` is rewritten after each. Returns the result dict."""
+    not yet in `out` (one per rank at a time); `out` is rewritten after each. Returns the ConflictResult."""
     from analysis.conflicts import work_units
     from landscape import mpi
     from training.checkpoint import file_hash, load_model, trajectory_checkpoints
@@ -299,39 +300,42 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
         raise FaslandError(f"--interval-subsets {interval_subsets} must not be negative; pass e.g. --interval-subsets 4 (0: no interval)")
     s["interval_subsets"] = interval_subsets
     key = {"data": data_spec, "settings": s}
-    previous = read_previous(out) if out is not None and w.rank == 0 else {}
-    previous = w.agree(previous if previous.get("key") == key else {})
+    previous = read_previous(out, ConflictResult) if out is not None and w.rank == 0 else None
+    previous = w.agree(previous if previous is not None and previous.key == key else None)
     k = len(probe.sources)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    result = {"command": "conflicts", "method": ckpt["config"].get("method"), "checkpoint": checkpoint, "key": key,
-              "provenance": {"checkpoint": checkpoint and resolved(checkpoint), "data": data_spec, "settings": s, "mpi_ranks": w.size,
-                             "device": str(dev), "versions": versions()},
-              "domains": list(probe.sources)}
+    result = ConflictResult(method=ckpt["config"].get("method"), checkpoint=checkpoint, key=key,
+                            provenance={"checkpoint": checkpoint and resolved(checkpoint), "data": data_spec, "settings": s, "mpi_ranks": w.size,
+                                        "device": str(dev), "versions": versions()},
+                            domains=list(probe.sources))
 
     def save():
         if out is not None and w.rank == 0:
-            write_json(out, result)
+            write_result(out, result)
 
     if checkpoint is not None:
         sha = file_hash(checkpoint)
-        result["provenance"]["checkpoint_sha256"] = sha
-        if previous.get("provenance", {}).get("checkpoint_sha256") == sha and "theta" in previous:
-            result.update({n: previous[n] for n in ("theta", "sam", "gacfas", "summary") if n in previous})
+        result.provenance["checkpoint_sha256"] = sha
+        if previous is not None and previous.provenance.get("checkpoint_sha256") == sha and previous.theta is not None:
+            for n in ("theta", "sam", "gacfas", "summary"):
+                setattr(result, n, getattr(previous, n))
         else:
             bar = progress_bar(w, work_units(s["at"], k), "conflicts at θ" + (" and ascent points" if s["at"] != "theta" else ""), "grad")
-            result.update({n: v for n, v in _conflict_record(model, probe, s, w, bar).items() if n != "domains"})
+            for n, v in _conflict_record(model, probe, s, w, bar).items():
+                if n != "domains":
+                    setattr(result, n, v)
             bar.close()
             subsets = min([interval_subsets] + [len(set(probe.clients[d].tolist())) if d in probe.clients else 0
                                                 for d in probe.sources])
             if subsets >= 2 and w.size == 1:
                 from analysis.intervals import conflict_interval
 
-                result["theta"]["interval"] = conflict_interval(model, probe, subsets)
+                result.theta["interval"] = conflict_interval(model, probe, subsets)
         save()
     if steps:
-        done = {e.get("sha256"): e for e in previous.get("trajectory", []) if isinstance(e, dict)}
+        done = {e.get("sha256"): e for e in (previous.trajectory if previous is not None else [])}
         hashes = w.agree([file_hash(p) for p in steps] if w.rank == 0 else None)
-        result["trajectory"] = [done[h] for h in hashes if h in done]
+        result.trajectory = [done[h] for h in hashes if h in done]
         todo = [(p, h) for p, h in zip(steps, hashes) if h not in done]
         bar = progress_bar(w, len(todo), f"conflicts over {len(steps)} checkpoints", "checkpoint")
         for start in range(0, len(todo), w.size):
@@ -346,8 +350,8 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
 
             entries = w.gather(mpi.on_every_rank(w.comm, record))
             if w.rank == 0:
-                result["trajectory"] += [e for e in entries if e is not None]
-                result["trajectory"].sort(key=lambda e: (e.get("epoch") is None, e.get("epoch") or 0, e["checkpoint"]))
+                result.trajectory += [e for e in entries if e is not None]
+                result.trajectory.sort(key=lambda e: (e.get("epoch") is None, e.get("epoch") or 0, e["checkpoint"]))
                 bar.update(sum(e is not None for e in entries))
                 save()
         bar.close()
@@ -355,22 +359,22 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     return result
 
 
-def conflicts_summary(r: dict, out) -> str:
+def conflicts_summary(r: ConflictResult, out) -> str:
     """What `fasland conflicts` prints: the result's numbers in a few lines."""
-    lines, doms = [], r["domains"]
-    if "theta" in r:
-        lines.append(f"gradient conflicts of {r['checkpoint']} over sources {', '.join(doms)} (eval mode)")
+    lines, doms = [], r.domains
+    if r.theta is not None:
+        lines.append(f"gradient conflicts of {r.checkpoint} over sources {', '.join(doms)} (eval mode)")
         width = max(len(d) for d in doms)
         lines.append("  cosines at θ:")
-        for d, row in zip(doms, r["theta"]["cosines"]):
+        for d, row in zip(doms, r.theta["cosines"]):
             lines.append(f"    {d:<{width}} " + " ".join(f"{c:+.3f}" for c in row))
-        s = r["summary"]
+        s = r.summary
         line = f"  conflict at θ {s['conflict_theta']:.4f}"
         if "conflict_sam" in s:
             line += (f", at SAM's ascent point {s['conflict_sam']:.4f}, among GAC-FAS ascent gradients {s['conflict_gacfas']:.4f}; "
                      f"mean alignment cosine {s['mean_alignment_cosine']:+.4f}")
         lines.append(line)
-    if r.get("trajectory"):
-        lines.append("  over training: " + ", ".join(f"epoch {e['epoch']}: {e['summary']['conflict_theta']:.3f}" for e in r["trajectory"]))
+    if r.trajectory:
+        lines.append("  over training: " + ", ".join(f"epoch {e['epoch']}: {e['summary']['conflict_theta']:.3f}" for e in r.trajectory))
     lines.append(f"written: {out}")
     return "\n".join(lines)

@@ -12,26 +12,48 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from analysis.results import ConflictResult, HessianResult
 from analysis.sizes import LABELS, LEAVE_ONE_OUT, SETTINGS
 from training.errors import FaslandError
 
+
+
+class _Labels(dict):
+    """Method labels; a model the user brings (--checkpoints NAME=…) is labelled by its NAME."""
+
+    def __missing__(self, name):
+        return name
+
+
+LABELS = _Labels(LABELS)
 WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 
-def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
+def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
           config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None,
-          keep_checkpoints: int | None = None) -> list[Path]:
+          checkpoints=None, keep_checkpoints: int | None = None) -> list[Path]:
     """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
     leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
     sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
     seeds: training seeds ('0,1,2' or a list; None: the preset's): one seed keeps out/<method>/, several give
-    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. keep_checkpoints=N: each run keeps
-    the trajectory checkpoint of every N-th epoch (epoch 0 and the last always). Returns the report.md of each
-    protocol."""
+    out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol.
+    checkpoints: 'NAME=CKPT,…' (or a dict): analyse these models instead (no training, `methods` unused; the
+    protocol is theirs), each in out/NAME/ without the trajectory's PCA plane.
+    keep_checkpoints=N: each run keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last
+    always). protocol: default ICM2O."""
     from training.data.protocols import PROTOCOLS
 
+    given = {}
+    if checkpoints is not None:
+        from training.imports import brought_checkpoints
+
+        if seeds is not None:
+            raise FaslandError("--seeds chooses training seeds, but --checkpoints trains nothing; drop --seeds")
+        protocol, given = brought_checkpoints(checkpoints, protocol)
+        methods = list(given)
+    protocol = protocol or "ICM2O"
     methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
-    unknown = [m for m in methods if m not in LABELS]
+    unknown = [m for m in methods if m not in LABELS and m not in given]
     if unknown or not methods:
         raise FaslandError(f"unknown method(s) {', '.join(unknown) or '(none)'} in --methods; use a comma-separated list of {', '.join(LABELS)}")
     protocols = LEAVE_ONE_OUT if protocol == "all" else (protocol,)
@@ -49,7 +71,7 @@ def study(out, protocol: str = "ICM2O", methods="erm,sam,gacfas", preset: str = 
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
         if len(seeds) == 1:
-            reports.append(Study(p, methods, preset, settings, where, options, seeds[0]).run())
+            reports.append(Study(p, methods, preset, settings, where, options, seeds[0], given).run())
         else:
             studies = [Study(p, methods, preset, settings, where / f"seed_{s}", options, s) for s in seeds]
             for st in studies:
@@ -103,7 +125,8 @@ class Study:
     """One protocol: runs/<method>/ trained, then every measurement under <method>/ and the views under views/."""
 
     def __init__(self, protocol: str, methods: list[str], preset: str, settings: dict, out: Path, options: dict,
-                 seed: int | None = None):
+                 seed: int | None = None, checkpoints: dict | None = None):
+        self.given = checkpoints or {}    # {name: checkpoint} of models the user brings: not trained, no trajectory
         self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
         self.options = options      # data, config, device, threads, figures, keep_checkpoints
         self.seed = seed            # the training seed (None: the preset's)
@@ -120,12 +143,12 @@ class Study:
         return self.out / m
 
     def ckpt(self, m: str) -> Path:
-        return self.run_dir(m) / "checkpoint.pt"
+        return self.given.get(m, self.run_dir(m) / "checkpoint.pt")
 
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         for m in self.methods:
-            self.train(m)
+            self.evaluate(m) if m in self.given else self.train(m)
         for m in self.methods:
             self.landscapes(m)
         self.interpolations()
@@ -145,6 +168,13 @@ class Study:
                         keep_checkpoints=self.options.get("keep_checkpoints"), **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
+    def evaluate(self, m: str) -> None:
+        from training.imports import write_metrics
+
+        self.say(f"evaluate {m} ({self.given[m]})")
+        if not (self.run_dir(m) / "metrics.json").exists():
+            write_metrics(self.given[m], self.run_dir(m))
+
     # ---- surfaces -----------------------------------------------------------------------------
     def surface(self, out: Path, checkpoint: Path, x: str, y: str | None = None, **directions) -> Path:
         from landscape.commands import surface, surface_summary
@@ -160,6 +190,8 @@ class Study:
         d = self.run_dir(m)
         self.surface(d / "surface_1d.h5", self.ckpt(m), self.s["x1d"], seed=0)
         self.surface(d / "surface_2d.h5", self.ckpt(m), self.s["x2d"], self.s["x2d"], seed=0)
+        if m in self.given:
+            return
         dirs = d / "pca.dirs.h5"
         if not dirs.exists():
             from landscape.directions import pca_directions, save_directions, trajectory_checkpoints
@@ -174,8 +206,13 @@ class Study:
 
     def interpolations(self) -> None:
         """θ_a → θ_b for the first method against each other: a = 0 is the first, a = 1 the other."""
+        from training.checkpoint import load_checkpoint
+
         first = self.methods[0]
         for m in self.methods[1:]:
+            if load_checkpoint(self.ckpt(m))["arch"] != load_checkpoint(self.ckpt(first))["arch"]:
+                print(f"no interpolation {LABELS[first]} → {LABELS[m]}: their architectures differ")
+                continue
             self.say(f"interpolation {LABELS[first]} → {LABELS[m]}")
             self.surface(self.out / f"interpolation_{first}_{m}.h5", self.ckpt(first), self.s["interpolation"],
                          model2=self.ckpt(m))
@@ -198,29 +235,37 @@ class Study:
 
         self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
         out = self.run_dir(m) / "conflicts.json"
-        r = conflicts(self.ckpt(m), out, at="both", trajectory=self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
+        r = conflicts(self.ckpt(m), out, at="both", trajectory=None if m in self.given else self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
         print(conflicts_summary(r, out))
 
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
+        import analysis.views  # noqa: F401  (registers the Hessian and conflicts views of the HTML pages)
         from landscape.exports.commands import export_html, export_png, export_vtk
 
         self.say("views: VTK + ParaView scenes, HTML pages, PNG figures")
         v, ms = self.views, self.methods
         labels = [LABELS[m] for m in ms]
-        by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d", "surface_pca")}
+        by = {name: [self.run_dir(m) / f"{name}.h5" for m in ms] for name in ("surface_1d", "surface_2d")}
+        trained = [m for m in ms if m not in self.given]      # only these have a trajectory's PCA plane
         for m in ms:
             export_vtk(self.run_dir(m) / "surface_2d.h5", v / f"{m}_surface_2d", log=True)
+        for m in trained:
             export_vtk(self.run_dir(m) / "surface_pca.h5", v / f"{m}_surface_pca", log=True)
         export_png(by["surface_2d"], v / "surfaces_2d.png", labels=labels, log=True)
         export_png(by["surface_1d"], v / "curves_1d.png", labels=labels)
-        export_png(by["surface_pca"], v / "trajectory_pca.png", labels=labels, log=True)
-        interps = [self.out / f"interpolation_{ms[0]}_{m}.h5" for m in ms[1:]]
+        if trained:
+            by["surface_pca"] = [self.run_dir(m) / "surface_pca.h5" for m in trained]
+            export_png(by["surface_pca"], v / "trajectory_pca.png", labels=[LABELS[m] for m in trained], log=True)
+        interps = [m for m in ms[1:] if (self.out / f"interpolation_{ms[0]}_{m}.h5").exists()]
         if interps:
-            export_png(interps, v / "interpolations.png", labels=[f"{LABELS[ms[0]]}→{LABELS[m]}" for m in ms[1:]])
+            export_png([self.out / f"interpolation_{ms[0]}_{m}.h5" for m in interps], v / "interpolations.png",
+                       labels=[f"{LABELS[ms[0]]}→{LABELS[m]}" for m in interps])
         for name, what in (("surface_2d", "2-D loss surfaces"), ("surface_1d", "1-D loss curves"), ("surface_pca", "trajectory PCA planes")):
             page = {"surface_2d": "surfaces_2d", "surface_1d": "curves_1d", "surface_pca": "trajectory_pca"}[name]
-            export_html(by[name], v / f"{page}.html", labels=labels, title=f"{self.protocol}: {what}")
+            if name in by:
+                export_html(by[name], v / f"{page}.html", labels=labels if name != "surface_pca" else [LABELS[m] for m in trained],
+                            title=f"{self.protocol}: {what}")
         export_html([self.run_dir(m) / "hessian.json" for m in ms], v / "hessian.html", labels=labels,
                     title=f"{self.protocol}: Hessian spectra")
         export_html([self.run_dir(m) / "conflicts.json" for m in ms], v / "conflicts.html", labels=labels,
@@ -252,8 +297,8 @@ class Study:
         for m in self.methods:
             d = self.run_dir(m)
             final = json.loads((d / "metrics.json").read_text())["final"]
-            hess = json.loads((d / "hessian.json").read_text())
-            conf = json.loads((d / "conflicts.json").read_text())
+            hess = HessianResult.read(d / "hessian.json")
+            conf = ConflictResult.read(d / "conflicts.json")
             tci, sci = final["target"].get("interval", {}), final["sources"].get("interval", {})
             row = {"method": LABELS[m], "hter": final["target"]["hter"], "auc": final["target"]["auc"],
                    "source_hter": final["sources"]["hter"], "source_auc": final["sources"]["auc"],
@@ -360,25 +405,25 @@ def axis_around(values: np.ndarray, n: int) -> str:
     return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
 
 
-def hessian_numbers(h: dict) -> dict:
-    """λ_max, the trace estimate and per-domain λ_max from a `fasland hessian` JSON."""
-    eig = h.get("eigenvalues") or []
-    trace = h.get("trace")
-    trace = trace.get("mean") if isinstance(trace, dict) else trace
-    per = h.get("per_domain") or {}
-    lam = {d: (v.get("lambda_max") if isinstance(v, dict) else v) for d, v in per.items()}
-    spread = h.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
-    return {"lambda_max": eig[0] if eig else None, "trace": trace, "lambda_domain": lam,
+def hessian_numbers(h) -> dict:
+    """λ_max, the trace estimate and per-domain λ_max of a `fasland hessian` result (a HessianResult, or
+    its JSON as a dict)."""
+    h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
+    eig = h.eigenvalues or []
+    lam = {d: v["lambda_max"] for d, v in h.per_domain.items()}
+    spread = h.extra.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
+    return {"lambda_max": eig[0] if eig else None, "trace": h.trace["mean"] if h.trace else None, "lambda_domain": lam,
             "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
 
 
-def conflict_numbers(c: dict) -> dict:
+def conflict_numbers(c) -> dict:
     """Mean conflict at θ, at SAM's ascent point and among the GAC-FAS ascent gradients, from the `summary`
-    block of a `fasland conflicts` JSON."""
-    s = c.get("summary", {})
+    of a `fasland conflicts` result (a ConflictResult, or its JSON as a dict)."""
+    c = c if isinstance(c, ConflictResult) else ConflictResult.from_json(c)
+    s = c.summary
     return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
             "conflict_ascent": s.get("conflict_gacfas"),
-            "ci_conflicts": {"conflict_theta": (c.get("theta", {}).get("interval") or {}).get("conflict")}}
+            "ci_conflicts": {"conflict_theta": ((c.theta or {}).get("interval") or {}).get("conflict")}}
 
 
 def surface_width(path: Path, delta: float) -> tuple[float, bool]:

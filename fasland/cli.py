@@ -20,6 +20,8 @@ COMMANDS = [
     ("study", "analysis.cli"),
     ("attention", "analysis.attention"),
 ]
+# modules that register views of their result files for `fasland export html` (landscape.exports.views)
+VIEWS = ["analysis.views"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +52,8 @@ def keep_freed_memory() -> None:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     keep_freed_memory()
+    for module in VIEWS:
+        importlib.import_module(module)
     try:
         return args.run(args) or 0
     except FaslandError as e:

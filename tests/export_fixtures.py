@@ -67,19 +67,26 @@ def stored(a):
 
 
 def write_hessian(path, label="erm", scale=1.0):
+    """A `fasland hessian` result (analysis.results.HessianResult) with a density and per-domain λ_max."""
+    from analysis.results import HessianResult
+
     grid = np.linspace(-1, 10 * scale, 60)
     values = np.exp(-0.5 * (grid / (0.5 * scale)) ** 2) + 1e-3
-    data = {"method": label, "eigenvalues": [10.0 * scale, 6.0 * scale, 2.5 * scale], "trace": 40.0 * scale,
-            "density": {"grid": grid.tolist(), "values": values.tolist()},
-            "per_domain": {d: {"eigenvalues": [(4 + i) * scale, 1.0 * scale]} for i, d in enumerate(DOMAINS)}}
+    r = HessianResult(method=label, eigenvalues=[10.0 * scale, 6.0 * scale, 2.5 * scale],
+                      trace={"mean": 40.0 * scale, "stderr": 0.5, "n_samples": 2, "samples": [39.5 * scale, 40.5 * scale]},
+                      density={"grid": grid.tolist(), "density": values.tolist(), "sigma": 0.1, "nodes": [[1.0]], "weights": [[1.0]]},
+                      per_domain={d: {"lambda_max": (4 + i) * scale, "role": "source", "samples": 8} for i, d in enumerate(DOMAINS)})
+    data = r.to_json()
     with open(path, "w") as f:
         json.dump(data, f)
     return data
 
 
-def write_conflicts(path, label="gacfas", epochs=5, simple=False):
-    """analysis.conflicts' layout: theta / sam / gacfas{points, generalization}, each with a k×k `cosines`
-    and its `conflict`; a `trajectory` of such records over epochs. simple=True: a bare {cosines: {theta, ascent}}."""
+def write_conflicts(path, label="gacfas", epochs=5):
+    """A `fasland conflicts` result (analysis.results.ConflictResult): theta / sam / gacfas{points,
+    generalization}, each with a k×k `cosines` and its `conflict`; a `trajectory` of such records over epochs."""
+    from analysis.results import ConflictResult
+
     k = len(DOMAINS)
     rng = np.random.default_rng(0)
 
@@ -91,15 +98,13 @@ def write_conflicts(path, label="gacfas", epochs=5, simple=False):
         return {"cosines": m.round(4).tolist(), "norms": [1.0] * k, "conflict": float(np.maximum(0, -m[iu]).mean())}
 
     def full():
-        return {"domains": list(DOMAINS), "theta": record(), "sam": {"rho": 0.1, **record()},
+        return {"theta": record(), "sam": {"rho": 0.1, **record()},
                 "gacfas": {"rho": 0.1, "points": {d: record() for d in DOMAINS}, "generalization": record(),
                            "alignment": {d: 0.5 for d in DOMAINS}}}
 
-    if simple:
-        data = {"method": label, "domains": list(DOMAINS), "cosines": {"theta": record()["cosines"], "ascent": record()["cosines"]},
-                "trajectory": [{"epoch": e, "cosines": {"theta": record()["cosines"]}} for e in range(1, epochs + 1)]}
-    else:
-        data = {"method": label, **full(), "trajectory": [{"epoch": e, **full()} for e in range(1, epochs + 1)]}
+    r = ConflictResult(method=label, domains=list(DOMAINS), **full(),
+                       trajectory=[{"epoch": e, **full()} for e in range(1, epochs + 1)])
+    data = r.to_json()
     with open(path, "w") as f:
         json.dump(data, f)
     return data

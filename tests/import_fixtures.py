@@ -160,3 +160,23 @@ def not_a_module():
 def flat_linear():
     """A model without convolutions (one logit from the flattened 32 px image): CAM methods cannot map it."""
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1))
+
+
+class TinyNet(nn.Module):
+    """A small CNN with two class scores: the study's tests analyse it in seconds."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, width, 3, stride=2), nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 1).flatten(1))
+
+
+def tiny():
+    return TinyNet(4)
+
+
+def tiny_wide():
+    return TinyNet(6)

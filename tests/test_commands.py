@@ -52,11 +52,11 @@ def test_hessian_function_equals_the_dense_hessian_and_writes_only_when_asked(tm
     probe = small_probe(None)
     dense = hs.Hessian(model, probe.loss_fn, probe.batches("train")).dense().double().numpy()
     want = np.linalg.eigvalsh((dense + dense.T) / 2)[::-1][:2]
-    assert np.max(np.abs(np.array(r["eigenvalues"]) - want) / np.abs(want)) < 1e-3
-    assert r["trace"]["n_samples"] == 4
+    assert np.max(np.abs(np.array(r.eigenvalues) - want) / np.abs(want)) < 1e-3
+    assert r.trace["n_samples"] == 4
     out = tmp_path / "h.json"
     written = hessian(ckpt, out, top_k=2, threads=1)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(written))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(written.to_json()))
 
 
 def test_hessian_command_and_python_api_share_their_defaults():
@@ -85,8 +85,8 @@ def test_conflicts_function_equals_explicit_gradients(tmp_path, monkeypatch):
     model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
     probe = small_probe(None)
     G = np.stack([explicit_gradient_f32(model, probe, d) for d in "ICM"])
-    assert r["domains"] == ["I", "C", "M"] and "sam" not in r
-    assert np.max(np.abs(np.array(r["theta"]["cosines"]) - np_cosines(G))) < 1e-5
+    assert r.domains == ["I", "C", "M"] and r.sam is None
+    assert np.max(np.abs(np.array(r.theta["cosines"]) - np_cosines(G))) < 1e-5
 
 
 def test_export_vtk_function_writes_the_surface_heights(tmp_path):

@@ -2,6 +2,7 @@
 and one set of levels across surfaces, and the page carries plotly.js itself."""
 import json
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from fasland.cli import main
 from export_fixtures import write_conflicts, write_hessian, write_surface
 from landscape.exports.html_page import curves_figure, surfaces_figure
-from landscape.exports.results_json import read_conflicts, read_hessian
+from analysis.views import conflicts_figure, hessian_figure
 from landscape.exports.surface_file import read_surfaces
 
 
@@ -117,6 +118,16 @@ def test_page_is_self_contained(three, tmp_path):
         assert f'"{label}"' in html
 
 
+def read_hessian(path):
+    from analysis.views import HessianView
+    return HessianView().read(path, json.loads(Path(path).read_text()))
+
+
+def read_conflicts(path):
+    from analysis.views import ConflictsView
+    return ConflictsView().read(path, json.loads(Path(path).read_text()))[0]
+
+
 def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     h1, h2, c = tmp_path / "erm.json", tmp_path / "sam.json", tmp_path / "conf.json"
     d1, d2 = write_hessian(h1, "erm"), write_hessian(h2, "sam", scale=0.4)
@@ -124,8 +135,8 @@ def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     spectra = read_hessian(h1)
     assert [s.label for s in spectra] == ["erm", "erm · I", "erm · C", "erm · M"]
     np.testing.assert_array_equal(spectra[0].eigenvalues, d1["eigenvalues"])
-    np.testing.assert_array_equal(spectra[0].density, d1["density"]["values"])
-    assert spectra[0].trace == d1["trace"]
+    np.testing.assert_array_equal(spectra[0].density, d1["density"]["density"])
+    assert spectra[0].trace == d1["trace"]["mean"] and spectra[2].eigenvalues.tolist() == [d1["per_domain"]["C"]["lambda_max"]]
     conf = read_conflicts(c)
     assert conf.domains == ["I", "C", "M"] and conf.label == "gacfas"
     assert list(conf.matrices) == ["theta", "sam", "ascent I", "ascent C", "ascent M", "generalization"]
@@ -136,11 +147,10 @@ def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     np.testing.assert_array_equal(conf.over_epochs["theta"][:, 0, 2], [e["theta"]["cosines"][0][2] for e in dc["trajectory"]])
     np.testing.assert_array_equal(conf.over_epochs["ascent M"][:, 1, 2],
                                   [e["gacfas"]["points"]["M"]["cosines"][1][2] for e in dc["trajectory"]])
-    from landscape.exports.html_page import conflicts_figure, hessian_figure
     hf = hessian_figure(read_hessian(h1) + read_hessian(h2))
     dens = [t for t in hf.data if t.xaxis == "x"]
     assert len(dens) == 2 and dens[1].name == "sam (trace 16)"
-    np.testing.assert_allclose(dens[1].y, d2["density"]["values"])
+    np.testing.assert_allclose(dens[1].y, d2["density"]["density"])
     cf = conflicts_figure([conf])
     heat = [t for t in cf.data if t.type == "heatmap"]
     assert len(heat) == 6 and cf.layout.coloraxis.cmin == -1 and cf.layout.coloraxis.cmax == 1
@@ -155,19 +165,13 @@ def test_analysis_files_become_density_eigenvalue_and_conflict_views(tmp_path):
     assert out.stat().st_size > 2_000_000
 
 
-def test_simple_conflict_layout_is_read_too(tmp_path):
-    path = tmp_path / "c.json"
-    dc = write_conflicts(path, simple=True)
-    conf = read_conflicts(path)
-    assert list(conf.matrices) == ["theta", "ascent"] and list(conf.over_epochs) == ["theta"]
-    np.testing.assert_array_equal(conf.matrices["ascent"], dc["cosines"]["ascent"])
-
-
 @pytest.mark.parametrize("content, words", [
-    ("{not json", ["not readable JSON"]),
-    ('{"loss": 1}', ["neither a Hessian file", "nor a conflicts file"]),
-    ('{"theta": {"norms": [1, 2]}}', ["no k×k cosine matrix"]),
-    ("[1, 2]", ["not an object"]),
+    ("{not json", ["nor readable JSON"]),
+    ('{"loss": 1}', ["neither a surface file nor a result", "'fasland hessian'", "'fasland conflicts'"]),
+    ('{"command": "conflicts", "version": 1, "domains": ["I", "C"], "theta": {"norms": [1, 2]}}', ["theta has no 2×2 cosine matrix"]),
+    ('{"command": "hessian", "eigenvalues": [1.0]}', ["older fasland", "rerun 'fasland hessian'"]),
+    ('{"command": "hessian", "version": 99}', ["version 99", "does not know"]),
+    ("[1, 2]", ["neither a surface file nor a result"]),
     (None, ["not found"]),
 ])
 def test_bad_inputs_are_one_clear_sentence(tmp_path, capsys, content, words):
@@ -188,17 +192,3 @@ def test_labels_must_match_inputs_and_surf_name_must_exist(three, tmp_path, caps
     assert main(["export", "html", str(three[0]), "--out", str(tmp_path / "p.html"), "--surf-name", "nope"]) == 2
     err = capsys.readouterr().err
     assert "'nope'" in err and "train_loss" in err and "acc_O" in err
-
-
-@pytest.mark.parametrize("trace, density", [
-    (12.5, {"grid": [0, 1, 2], "values": [0.1, 0.5, 0.2]}),
-    ({"mean": 12.5, "stderr": 0.3, "samples": [12, 13]}, {"grid": [0, 1, 2], "density": [0.1, 0.5, 0.2], "sigma": 0.1}),
-    ([12.5, 0.3, [12, 13]], [[[0.5]], [[1.0]], [0, 1, 2], [0.1, 0.5, 0.2], 0.1]),   # analysis.hessian's tuples as JSON lists
-])
-def test_hessian_reader_takes_each_layout_of_trace_and_density(tmp_path, trace, density):
-    path = tmp_path / "h.json"
-    path.write_text(json.dumps({"eigenvalues": [3.0, 1.0], "trace": trace, "density": density}))
-    (s,) = read_hessian(path)
-    assert s.trace == 12.5 and s.label == "h"
-    np.testing.assert_array_equal(s.grid, [0, 1, 2])
-    np.testing.assert_array_equal(s.density, [0.1, 0.5, 0.2])

@@ -387,3 +387,47 @@ def run_import(args) -> int:
     what = f"cross-entropy, live = class {loss['live_index']}" if loss["kind"] == "cross_entropy" else f"BCE on σ({loss['logit_scale']:g}·z)"
     print(f"{args.format} → {args.out}: {c['protocol']}, {c['data']['image_size']} px, {c['data']['normalize']} normalization, {what}")
     return 0
+
+
+# ------------------------------------------------------------------------------- models a study is given
+
+def brought_checkpoints(spec, protocol: str | None = None) -> tuple[str, dict]:
+    """`NAME=CKPT,…` (or a dict) → (their common protocol, {name: Path}); each a fasland checkpoint (made by
+    train or import). `protocol`, when given, must be theirs."""
+    import re
+
+    from training.checkpoint import load_checkpoint
+
+    pairs = spec.items() if isinstance(spec, dict) else [item.partition("=")[::2] for item in str(spec).split(",") if item.strip()]
+    given = {}
+    for name, path in pairs:
+        name, path = str(name).strip(), str(path).strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path or name in given:
+            raise FaslandError(f"--checkpoints entry '{name}={path}' needs a distinct NAME (letters, digits, _ . -) and a file; "
+                               "pass e.g. --checkpoints erm=erm.pt,gacfas=gacfas.pt")
+        given[name] = Path(path)
+    if not given:
+        raise FaslandError("--checkpoints names no model; pass e.g. --checkpoints erm=erm.pt,gacfas=gacfas.pt")
+    found = {}
+    for name, path in given.items():
+        config = load_checkpoint(path)["config"]
+        found.setdefault(config.get("protocol"), []).append(name)
+    if len(found) > 1 or (protocol and protocol not in found):
+        have = "; ".join(f"{', '.join(names)}: {p}" for p, names in found.items())
+        raise FaslandError(f"the --checkpoints are of different protocols than asked ({have}{'; asked ' + protocol if protocol else ''}); "
+                           "compare models of one protocol (fasland import --protocol P sets it)")
+    return next(iter(found)), given
+
+
+def write_metrics(checkpoint, run_dir, device="cpu") -> dict:
+    """RUN_DIR/metrics.json of a model the study did not train: its target and sources' HTER/AUC (with client
+    intervals) on every held-out image (real data: one frame per video), as training's final evaluation."""
+    from training.checkpoint import atomic_write_json, load_model
+    from training.probe import load_probe
+    from training.trainer import evaluate
+
+    model, ckpt = load_model(checkpoint, device)
+    final = evaluate(model, load_probe(ckpt["config"], device, max_samples=None, source_split="test"), intervals=True)
+    metrics = {"evaluations": [], "final": final, "source": str(checkpoint)}
+    atomic_write_json(Path(run_dir) / "metrics.json", metrics)
+    return metrics

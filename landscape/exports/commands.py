@@ -27,8 +27,8 @@ def export_vtk(surface, out, surf_name: str = "train_loss", log: bool = False, z
 
 def export_html(inputs, out, surf_name: str = "train_loss", log: bool = False, zmax: float | None = None,
                 labels=None, title: str | None = None):
-    """One self-contained page (plotly.js embedded) from SURF.h5, HESSIAN.json and CONFLICTS.json files;
-    returns its path."""
+    """One self-contained page (plotly.js embedded) from SURF.h5 files and result JSON files shown by their
+    registered views (HESSIAN.json and CONFLICTS.json once analysis.views is imported); returns its path."""
     from landscape.exports.html_page import export_html as write_page
 
     return write_page([str(p) for p in inputs], out, surf_name, log, zmax, _labels(labels, len(inputs)), title)

@@ -2,8 +2,8 @@
 
 2-D surfaces: a 3D surface above a contour map per file, side by side, one shared colour axis and shared
 contour levels, the training path on both, a menu switching every panel to another array. 1-D surfaces:
-every domain's loss (left axis) and accuracy/HTER/AUC (right axis) per file, on shared axes. Analysis
-files: Hessian densities and top eigenvalues; conflict matrices as heatmaps and over epochs as lines.
+every domain's loss (left axis) and accuracy/HTER/AUC (right axis) per file, on shared axes. Result files
+of other commands (JSON) are shown by the view registered for them (landscape.exports.views).
 """
 import html
 from pathlib import Path
@@ -13,7 +13,6 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from landscape.exports.results_json import Conflicts, Spectrum
 from landscape.exports.surface_file import Surface, common_names, finite_range, height_along, nice_levels
 from training.checkpoint import atomic_write
 from training.errors import FaslandError
@@ -161,92 +160,6 @@ def curves_figure(surfaces: list[Surface], labels: list[str] | None = None) -> g
     return fig
 
 
-def hessian_figure(spectra: list[Spectrum]) -> go.Figure:
-    """Spectral densities (log scale) and top eigenvalues, every file/domain overlaid."""
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
-                        subplot_titles=["Hessian spectral density (SLQ)", "top eigenvalues"])
-    for i, s in enumerate(spectra):
-        color = PALETTE[i % len(PALETTE)]
-        name = s.label + (f" (trace {s.trace:.4g})" if s.trace is not None else "")
-        if s.grid is not None:
-            dens = np.where(s.density > 0, s.density, np.nan)
-            fig.add_trace(go.Scatter(x=as_list(s.grid), y=as_list(dens), mode="lines", name=name, legendgroup=s.label,
-                                     line=dict(color=color, width=2, dash="dot" if "·" in s.label else "solid"),
-                                     hovertemplate="λ=%{x:.4g}<br>density=%{y:.3g}<extra>" + s.label + "</extra>"), row=1, col=1)
-        if s.eigenvalues is not None:
-            fig.add_trace(go.Scatter(x=list(range(1, len(s.eigenvalues) + 1)), y=as_list(s.eigenvalues), mode="lines+markers",
-                                     name=name, legendgroup=s.label, showlegend=s.grid is None, line=dict(color=color),
-                                     hovertemplate="λ_%{x}=%{y:.5g}<extra>" + s.label + "</extra>"), row=1, col=2)
-    fig.update_xaxes(title_text="eigenvalue λ", row=1, col=1)
-    fig.update_yaxes(title_text="density", type="log", row=1, col=1)
-    fig.update_xaxes(title_text="rank", dtick=1, row=1, col=2)
-    fig.update_yaxes(title_text="λ", row=1, col=2)
-    fig.update_layout(height=480, width=1100, margin=dict(l=60, r=30, t=70, b=50))
-    return fig
-
-
-POINT_TITLES = {"theta": "θ", "sam": "SAM ascent", "generalization": "∇L(θ_i; S) over i"}
-
-
-def point_title(point: str) -> str:
-    """θ, SAM's ascent point, GAC-FAS's ascent point θ_D of domain D, or the generalization gradients."""
-    if point.startswith("ascent "):
-        return f"θ_{point[7:]} ascent"
-    return POINT_TITLES.get(point, point)
-
-
-def conflicts_figure(items: list[Conflicts], per_row: int = 4) -> go.Figure:
-    """Per file: the cosine heatmap of each point (θ, ascent points), `per_row` to a row, then the cosines over
-    epochs on a full row — every pair at the first point (solid), the mean pair cosine at the others (dashed)."""
-    specs, titles, rows = [], [], []
-    for c in items:
-        points = list(c.matrices)
-        for start in range(0, len(points), per_row):
-            chunk = points[start:start + per_row]
-            specs.append([{}] * len(chunk) + [None] * (per_row - len(chunk)))
-            titles += [f"{c.label} · {point_title(p)}" + (f" · conflict {c.scores[p]:.3f}" if p in c.scores else "") for p in chunk]
-            rows.append(("heatmaps", c, chunk))
-        if c.over_epochs:
-            specs.append([{"colspan": per_row}] + [None] * (per_row - 1))
-            titles.append(f"{c.label}: cosines over epochs")
-            rows.append(("epochs", c, None))
-    heights = [300 if kind == "heatmaps" else 340 for kind, _, _ in rows]
-    fig = make_subplots(rows=len(rows), cols=per_row, specs=specs, subplot_titles=titles, horizontal_spacing=0.06,
-                        vertical_spacing=min(0.3, 90 / sum(heights)), row_heights=heights)
-    shown = set()
-    for r, (kind, c, chunk) in enumerate(rows, 1):
-        if kind == "heatmaps":
-            for col, point in enumerate(chunk, 1):
-                fig.add_trace(go.Heatmap(z=as_list(c.matrices[point]), x=c.domains, y=c.domains, coloraxis="coloraxis",
-                                         texttemplate="%{z:.2f}",
-                                         hovertemplate="cos(g_%{y}, g_%{x}) = %{z:.3f}<extra>" + f"{c.label} · {point}</extra>"),
-                              row=r, col=col)
-                fig.update_yaxes(autorange="reversed", scaleanchor=fig.data[-1].xaxis, row=r, col=col)
-            continue
-        k = len(c.domains)
-        pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
-        for pi, (point, series) in enumerate(c.over_epochs.items()):
-            if pi == 0:
-                lines = [(f"{point}: {c.domains[a]}–{c.domains[b]}", series[:, a, b], "solid", PALETTE[j % len(PALETTE)])
-                         for j, (a, b) in enumerate(pairs)]
-            else:
-                mean = np.mean([series[:, a, b] for a, b in pairs], axis=0)
-                lines = [(f"{point}: mean pair", mean, "dash", PALETTE[(len(pairs) + pi) % len(PALETTE)])]
-            for name, y, dash, color in lines:
-                fig.add_trace(go.Scatter(x=as_list(c.epochs), y=as_list(y), mode="lines+markers", name=name, legendgroup=name,
-                                         showlegend=name not in shown, line=dict(color=color, dash=dash),
-                                         hovertemplate="epoch %{x}<br>cos=%{y:.3f}<extra>" + f"{c.label} · {name}</extra>"),
-                              row=r, col=1)
-                shown.add(name)
-        fig.update_xaxes(title_text="epoch", tickformat="d", row=r, col=1)
-        fig.update_yaxes(title_text="cosine", range=[-1.05, 1.05], row=r, col=1)
-    fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar=dict(title=dict(text="cosine"), len=0.5, y=1, yanchor="top")),
-                      legend=dict(orientation="h", x=0, y=-40 / sum(heights), yanchor="top"), height=sum(heights) + 200,
-                      width=1100, margin=dict(l=60, r=40, t=60, b=110))
-    fig.update_annotations(font_size=11)
-    return fig
-
-
 def write_page(figures: list[tuple[str, go.Figure]], out, title: str = "fasland") -> Path:
     """One HTML file: plotly.js inlined once, then each figure under a heading."""
     parts = []
@@ -263,26 +176,19 @@ def write_page(figures: list[tuple[str, go.Figure]], out, title: str = "fasland"
 
 def export_html(paths, out, surf_name: str = "train_loss", log: bool = False, zmax: float | None = None,
                 labels: list[str] | None = None, title: str | None = None) -> Path:
-    """One page from surface files (2-D and/or 1-D) and analysis JSON files, each kind in its own section."""
-    from landscape.exports.results_json import read_conflicts, read_hessian
+    """One page from surface files (2-D and/or 1-D) and result JSON files (each shown by its registered view),
+    each kind in its own section."""
     from landscape.exports.sources import classify
 
     labels = labels or [None] * len(paths)
-    groups = {"surface2": [], "surface1": [], "hessian": [], "conflicts": []}
+    groups = {"surface2": [], "surface1": []}
+    shown = {}      # view → its items, in input order
     for path, label in zip(paths, labels):
         what_, obj = classify(path)
         if what_ == "surface":
             groups[f"surface{obj.ndim}"].append((obj, label or obj.label))
-        elif what_ == "hessian":
-            spectra = read_hessian(path, obj)
-            if label:
-                for s in spectra:
-                    s.label = s.label.replace(spectra[0].label, label, 1)
-            groups["hessian"] += spectra
         else:
-            c = read_conflicts(path, obj)
-            c.label = label or c.label
-            groups["conflicts"].append(c)
+            shown.setdefault(what_, []).extend(what_.read(path, obj, label))
     figures = []
     if groups["surface2"]:
         ss, ls = zip(*groups["surface2"])
@@ -292,8 +198,5 @@ def export_html(paths, out, surf_name: str = "train_loss", log: bool = False, zm
         for s in ss:
             s.check_name(surf_name)   # the curves show every array; a misspelt name is still an error
         figures.append(("Loss curves (1-D)", curves_figure(list(ss), list(ls))))
-    if groups["hessian"]:
-        figures.append(("Hessian spectra", hessian_figure(groups["hessian"])))
-    if groups["conflicts"]:
-        figures.append(("Per-domain gradient conflicts", conflicts_figure(groups["conflicts"])))
+    figures += [(view.title, view.figure(items)) for view, items in shown.items()]
     return write_page(figures, out, title or "fasland: " + ", ".join(Path(p).name for p in paths))
