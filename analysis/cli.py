@@ -17,12 +17,18 @@ def register(sub) -> None:
     p.add_argument("--method", default="lanczos", choices=["lanczos", "power"], help="lanczos (default) or power iteration with deflation (PyHessian)")
     p.add_argument("--tol", type=float, default=1e-4, help="relative accuracy of the eigenvalues")
     p.add_argument("--max-iter", type=int, default=300, help="Hessian-vector products per eigenvalue search at most")
-    p.add_argument("--trace", action="store_true", help="also the trace (Hutchinson, with its standard error)")
-    p.add_argument("--trace-samples", type=int, default=50, help="Rademacher vectors for the trace")
+    p.add_argument("--bottom-k", type=int, default=0, help="also this many of the smallest eigenvalues (Lanczos), λ_min and |λ_min/λ_max|")
+    p.add_argument("--trace", action="store_true", help="also the trace, with its standard error")
+    p.add_argument("--trace-method", default="hutch++", choices=["hutch++", "hutchinson"],
+                   help="Hutch++ (default: the same standard error from fewer products on a trained network) or Hutchinson")
+    p.add_argument("--trace-samples", type=int, default=50, help="Hessian-vector products for the trace (Hutchinson: Rademacher vectors)")
     p.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
     p.add_argument("--density-iter", type=int, default=50, help="Lanczos steps per density run")
     p.add_argument("--density-runs", type=int, default=1, help="SLQ runs (random start vectors)")
     p.add_argument("--per-domain", action="store_true", help="also λ_max of each source domain and of the target")
+    p.add_argument("--per-block", action="store_true", help="also λ_max and trace of each top-level block's Hessian (stem, layer1…layer4, head)")
+    p.add_argument("--sample-batches", type=int, default=0, metavar="B",
+                   help="also the eigenvalues (and trace) on B disjoint probe subsets: mean, std, 95%% interval, and λ_max at 1, 2, 4, … samples")
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
     p.add_argument("--seed", type=int, default=0)
@@ -94,7 +100,9 @@ def run_hessian(args) -> int:
 
     r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.method, tol=args.tol, max_iter=args.max_iter,
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
-                density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed, **_probe_args(args))
+                density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed,
+                bottom_k=args.bottom_k, per_block=args.per_block, sample_batches=args.sample_batches,
+                trace_method=args.trace_method, **_probe_args(args))
     if _is_root():
         print(hessian_summary(r, args.out))
     return 0

@@ -98,12 +98,13 @@ def load_checkpoint(path) -> dict:
         if found or zipfile.is_zipfile(p):
             what = f" ({found.group(1)})" if found else ""
             raise FaslandError(f"checkpoint '{path}' holds pickled objects{what} that could run code and is refused; "
-                               "save plain tensors, dicts and numbers") from None
+                               "save plain tensors, dicts and numbers, or convert another codebase's file with 'fasland import'") from None
         raise FaslandError(f"checkpoint '{path}' is truncated or corrupt (not a torch.save file); re-run or re-copy the training run") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise FaslandError(f"checkpoint '{path}' is truncated or corrupt ({type(e).__name__}); re-run or re-copy the training run") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
-        raise FaslandError(f"'{path}' is not a fasland checkpoint (it needs the keys {', '.join(KEYS)}); pass one written by 'fasland train'")
+        raise FaslandError(f"'{path}' is not a fasland checkpoint (it needs the keys {', '.join(KEYS)}); pass one written by 'fasland train', "
+                           "or convert it with 'fasland import --format gacfas|safas|torchvision|module'")
     state = ckpt["model"]
     if (not isinstance(ckpt["arch"], dict) or not isinstance(ckpt["config"], dict) or not isinstance(state, dict)
             or not all(isinstance(v, torch.Tensor) for v in state.values())):

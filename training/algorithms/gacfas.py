@@ -15,7 +15,9 @@ def gacfas_perturbation(named_params, domain_grad, alpha_grad, rho: float, eta: 
     elsewhere, ‖·‖ over all tensors. Paper: d = g_i, m = ∇L(θ; S); θ_i = θ + ε. inplace=True writes ε into
     the tensors of `domain_grad`."""
     def scaling(name, p):                 # T, or None for identity; a fresh tensor the caller may overwrite
-        return p.abs().add_(eta) if "weight" in name else None
+        if "weight" not in name:
+            return None
+        return p.abs().add_(eta) if eta else p.abs()
 
     norms = []
     for (n, p), d in zip(named_params, domain_grad):
