@@ -16,8 +16,8 @@ Methods, computed with captum (Kokhlikyan et al. 2020):
                           on captum's layer gradients and activations)
     integrated-gradients  Σ_c |(x − x̄)_c ∫₀¹ ∂s/∂x_c(x̄ + t(x − x̄)) dt|, x̄ = 0 (the mean image after
                           normalization)                                        (captum IntegratedGradients)
-A^k are the channels of the last convolutional layer the forward pass runs (or `layer`); CAM maps are
-upsampled bilinearly to the image size.
+A^k are the channels of the last convolutional layer the forward pass runs whose map is at least
+CAM_MIN_SIDE pixels a side (or `layer`); CAM maps are upsampled bilinearly to the image size.
 
 Why captum and not grad-cam (pytorch-grad-cam): captum is pure Python on top of torch (it brings no
 OpenCV binary and left torch 2.14.1 and numpy untouched here), it returns raw attributions — grad-cam
@@ -37,13 +37,15 @@ from training.errors import FaslandError
 
 METHODS = ("gradcam", "gradcam++", "integrated-gradients")
 FACE_ELLIPSE = (0.55, 0.7)      # real data: the face as the crop's centre ellipse, semi-axes in half-widths
+CAM_MIN_SIDE = 4                # the default CAM layer's map has at least this many pixels a side
 
 
 # ----------------------------------------------------------------------------- maps
 
 def cam_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> tuple[str, nn.Module]:
     """The layer whose activations a CAM weighs: the module called `name`, else the last nn.Conv2d one
-    forward pass of `x` runs."""
+    forward pass of `x` runs whose output is at least CAM_MIN_SIDE pixels on each side (a coarser map cannot
+    place anything: a 32 px image leaves ResNet18's layer4 a single pixel), else the finest one."""
     import torch
     from torch import nn
 
@@ -54,8 +56,9 @@ def cam_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> tup
             raise FaslandError(f"the model has no layer '{name}'; pass --layer with a module name such as "
                                f"{', '.join(convs[-3:]) or 'layer4'}")
         return name, modules[name]
-    ran = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    ran = []     # (name, smaller side of the output) in the order the forward pass runs them
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: ran.append((n, min(o.shape[-2:]))))
+             for n, m in modules.items() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
             model(x[:1])
@@ -64,7 +67,9 @@ def cam_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> tup
             h.remove()
     if not ran:
         raise FaslandError("the model has no convolutional layer for a class-activation map; use --method integrated-gradients")
-    return ran[-1], modules[ran[-1]]
+    fine = [n for n, side in ran if side >= CAM_MIN_SIDE]
+    chosen = fine[-1] if fine else max(ran, key=lambda r: r[1])[0]
+    return chosen, modules[chosen]
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", layer: str | None = None,
@@ -163,7 +168,8 @@ class DomainAttention:
     fractions: torch.Tensor
 
     def summary(self) -> dict:
-        """Mean fraction per region over all images, the live ones and the spoofs; edge_hand = edge + hand."""
+        """Mean fraction per region over all images, the live ones and the spoofs (edge_hand = edge + hand),
+        and "area": the regions' share of the pixels, what a map spread evenly would give."""
         import torch
 
         from training.data.synth import REGIONS
@@ -171,11 +177,18 @@ class DomainAttention:
         out = {}
         for group, keep in (("all", torch.ones_like(self.labels, dtype=torch.bool)), ("live", self.labels == 1),
                             ("spoof", self.labels == 0)):
-            f = self.fractions[keep]
-            row = {r: _mean(f[:, i]) for i, r in enumerate(REGIONS)}
-            row["edge_hand"] = None if row["edge"] is None else row["edge"] + row["hand"]
-            out[group] = {**row, "images": int(keep.sum())}
+            out[group] = {**_row(self.fractions[keep]), "images": int(keep.sum())}
+        known = [r for i, r in enumerate(REGIONS) if not self.fractions[:, i].isnan().all()]
+        out["area"] = _row(region_fractions(torch.ones(self.regions.shape), self.regions, known))
         return out
+
+
+def _row(fractions: torch.Tensor) -> dict:
+    from training.data.synth import REGIONS
+
+    row = {r: _mean(fractions[:, i]) for i, r in enumerate(REGIONS)}
+    row["edge_hand"] = None if row["edge"] is None else row["edge"] + row["hand"]
+    return row
 
 
 def _mean(v: torch.Tensor):
@@ -247,19 +260,22 @@ def overlay(image: torch.Tensor, amap: torch.Tensor):
 
 
 def contact_sheet(a: DomainAttention, title: str, path, columns: int = 8) -> None:
-    """A PNG: columns of (image, map, overlay), each titled with its label/kind and face fraction."""
+    """A PNG: columns of (image, map, overlay) for up to `columns` images, half live and half spoof where
+    there are enough, each titled with its label/kind and face fraction."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(columns, len(a.labels))
+    live, spoof = (a.labels == 1).nonzero().flatten().tolist(), (a.labels == 0).nonzero().flatten().tolist()
+    shown = sorted(live[:columns // 2] + spoof[:columns - min(len(live), columns // 2)])[:columns]
+    n = len(shown)
     fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
-    for j in range(n):
+    for col, j in enumerate(shown):
         face = a.fractions[j, 0].item()
-        axes[0, j].imshow(a.images[j].permute(1, 2, 0).numpy())
-        axes[0, j].set_title(f"{a.kinds[j]}\nface {face:.2f}", fontsize=7, color="green" if a.labels[j] == 1 else "red")
-        axes[1, j].imshow(a.maps[j].numpy(), cmap="jet")
-        axes[2, j].imshow(overlay(a.images[j], a.maps[j]))
+        axes[0, col].imshow(a.images[j].permute(1, 2, 0).numpy())
+        axes[0, col].set_title(f"{a.kinds[j]}\nface {face:.2f}", fontsize=7, color="green" if a.labels[j] == 1 else "red")
+        axes[1, col].imshow(a.maps[j].numpy(), cmap="jet")
+        axes[2, col].imshow(overlay(a.images[j], a.maps[j]))
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     for i, label in enumerate(("image", "map", "overlay")):
@@ -338,7 +354,7 @@ def register(sub) -> None:
                                    "attention.h5, attention.json and a contact sheet per domain.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'fasland train' or 'fasland import'")
     p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++ or integrated-gradients")
-    p.add_argument("--layer", default=None, help="CAM layer by module name (default: the last convolution, e.g. layer4.1.conv2)")
+    p.add_argument("--layer", default=None, help="CAM layer by module name (default: the last convolution with a map of at least 4×4, e.g. layer2.1.conv2 at 32 px)")
     p.add_argument("--samples", type=int, default=16, help="test images per domain")
     p.add_argument("--steps", type=int, default=32, help="integrated gradients: points on the path")
     p.add_argument("--data", default=None, help="'synth' or the real datasets' root (default: the checkpoint's)")
@@ -357,11 +373,12 @@ def run_attention(args) -> int:
         raise FaslandError(f"--out '{args.out}' is a file; pass a folder for the maps and contact sheets")
     r = attention(args.checkpoint, None, args.method, args.layer, args.samples, args.steps, args.data, pick_device(args.device))
     r.write(out)
-    print(f"{r.method} of {r.checkpoint} ({r.protocol}{', layer ' + r.layer if r.layer else ''}): share of attention")
+    print(f"{r.method} of {r.checkpoint} ({r.protocol}{', layer ' + r.layer if r.layer else ''}): share of attention "
+          f"(area: the regions' share of the pixels)")
     print(f"  {'domain':<10} {'face':>6} {'edge/hand':>9} {'backgr.':>7} {'other':>6}")
     for d, s in r.fractions().items():
-        a = s["all"]
-        print(f"  {d + (' (target)' if d == r.target else ''):<10} " + " ".join(
-            f"{'–' if v is None else f'{v:.3f}':>{w}}" for v, w in ((a["face"], 6), (a["edge_hand"], 9), (a["background"], 7), (a["other"], 6))))
+        for label, a in ((d + (" (target)" if d == r.target else ""), s["all"]), ("  area", s["area"])):
+            print(f"  {label:<10} " + " ".join(f"{'–' if v is None else f'{v:.3f}':>{w}}" for v, w in
+                                               ((a["face"], 6), (a["edge_hand"], 9), (a["background"], 7), (a["other"], 6))))
     print(f"written: {out / 'attention.h5'}, {out / 'attention.json'}, {out}/sheet_<D>.png")
     return 0

@@ -21,12 +21,18 @@ def register(sub) -> None:
     p.add_argument("--method", dest="solver", choices=["lanczos", "power"], default=argparse.SUPPRESS, help=argparse.SUPPRESS)   # the old name of --solver
     p.add_argument("--tol", type=float, default=1e-4, help="relative accuracy of the eigenvalues")
     p.add_argument("--max-iter", type=int, default=300, help="Hessian-vector products per eigenvalue search at most")
-    p.add_argument("--trace", action="store_true", help="also the trace (Hutchinson, with its standard error)")
-    p.add_argument("--trace-samples", type=int, default=100, help="Rademacher vectors for the trace at most (it stops once its standard error is 0.1%% of |trace|)")
+    p.add_argument("--bottom-k", type=int, default=0, help="also this many of the smallest eigenvalues (Lanczos), λ_min and |λ_min/λ_max|")
+    p.add_argument("--trace", action="store_true", help="also the trace, with its standard error")
+    p.add_argument("--trace-method", default="hutch++", choices=["hutch++", "hutchinson"],
+                   help="Hutch++ (default: the same standard error from fewer products on a trained network) or Hutchinson")
+    p.add_argument("--trace-samples", type=int, default=100, help="Hessian-vector products for the trace at most (Hutchinson: Rademacher vectors); it stops once its standard error is 0.1%% of |trace|")
     p.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
     p.add_argument("--density-iter", type=int, default=100, help="Lanczos steps per density run")
     p.add_argument("--density-runs", type=int, default=1, help="SLQ runs (random start vectors)")
     p.add_argument("--per-domain", action="store_true", help="also λ_max of each source domain and of the target")
+    p.add_argument("--per-block", action="store_true", help="also λ_max and trace of each top-level block's Hessian (stem, layer1…layer4, head)")
+    p.add_argument("--sample-batches", type=int, default=0, metavar="B",
+                   help="also the eigenvalues (and trace) on B disjoint probe subsets: mean, std, 95%% interval, and λ_max at 1, 2, 4, … samples")
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors")
@@ -76,6 +82,9 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, metavar="S[,S...]",
                    help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
                         "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
+    p.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep each run's trajectory checkpoint of every N-th epoch (epoch 0 and the last always; the PCA "
+                        "plane needs 3); default: the preset's")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -95,7 +104,9 @@ def run_hessian(args) -> int:
 
     r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.solver, tol=args.tol, max_iter=args.max_iter,
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
-                density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed, **_probe_args(args))
+                density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed,
+                bottom_k=args.bottom_k, per_block=args.per_block, sample_batches=args.sample_batches,
+                trace_method=args.trace_method, **_probe_args(args))
     if _is_root():
         print(hessian_summary(r, args.out))
     return 0
@@ -126,6 +137,6 @@ def run_study(args) -> int:
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
                     data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
-                    seeds=args.seeds, checkpoints=args.checkpoints)
+                    seeds=args.seeds, checkpoints=args.checkpoints, keep_checkpoints=args.keep_checkpoints)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

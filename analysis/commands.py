@@ -14,7 +14,8 @@ from pathlib import Path
 
 from analysis import hessian as hs
 from analysis.results import ConflictResult, HessianResult
-from landscape.commands import check_positive, frames_spec, set_threads
+from landscape.commands import check_positive, frames_spec, set_threads, warn_unsettled
+from training.presets import resolved
 from training.errors import FaslandError
 
 PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None, "frames_per_video": 1}
@@ -66,6 +67,7 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
     from landscape import mpi
     from training.checkpoint import load_model
     from training.device import pick_device
+    from training.presets import resolved_root
     from training.probe import load_probe
 
     w = mpi_world()
@@ -92,8 +94,10 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
 
     mpi.on_root(w.comm, load_data)          # rank 0 alone first: it fills the data cache
     mpi.on_every_rank(w.comm, load_data)
-    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": data} if data else {})},
-                 "max_samples": max_samples, "batch_size": batch_size, **frames_spec(frames_per_video),
+    if w.rank == 0:
+        warn_unsettled(command, probe, model, ckpt.get("metrics"))
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
+                 "max_samples": max_samples, "batch_size": batch_size, **frames_spec(frames_per_video), "bn": probe.bn,
                  "sources": list(probe.sources), "target": probe.target,
                  "samples": {d: int(len(y)) for d, (_, y) in probe.domains.items()}}
     return w, dev, model, ckpt, probe, data_spec
@@ -111,11 +115,17 @@ def progress_bar(w, total, desc, unit: str):
 def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", tol: float = hs.TOL,
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
-            per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, data=None, max_samples: int = 256,
-            batch_size: int = 256, device: str = "auto", threads: int | None = None, frames_per_video: int = 1) -> HessianResult:
+            per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, bottom_k: int = 0,
+            per_block: bool = False, sample_batches: int = 0, trace_method: str = "hutch++", data=None,
+            max_samples: int = 256, batch_size: int = 256, device: str = "auto", threads: int | None = None,
+            frames_per_video: int = 1) -> HessianResult:
     """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues
-    (solver "lanczos" or PyHessian's "power"), with trace=True tr H by Hutchinson, with density=True the
-    SLQ spectral density, with per_domain=True λ_max of each source domain and of the target.
+    (solver "lanczos" or PyHessian's "power"), each with its health (error bound, converged, products);
+    with bottom_k the smallest eigenvalues, λ_min and |λ_min/λ_max|; with trace=True tr H by `trace_method`
+    (Hutch++ or Hutchinson, with its standard error); with density=True the SLQ spectral density; with
+    per_domain=True λ_max of each source domain and of the target; with per_block=True λ_max and trace of
+    each top-level block's Hessian (analysis.hessian.block_sharpness); with sample_batches=B the spread of
+    the eigenvalues (and trace) over B disjoint probe subsets and at growing sample counts.
 
     Sections are computed in turn and `out` rewritten after each; a section already there with the same
     checkpoint, probe and settings is reused. Returns the HessianResult (the JSON's schema)."""
@@ -129,6 +139,12 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
                    density_runs=density_runs)
     if trace and trace_samples < 2:
         raise FaslandError(f"--trace-samples {trace_samples} is too few for a standard error; pass at least 2")
+    if trace_method not in ("hutch++", "hutchinson"):
+        raise FaslandError(f"--trace-method '{trace_method}' is not known; use hutch++ or hutchinson")
+    if (trace or per_block) and trace_method == "hutch++" and trace_samples < 4:
+        raise FaslandError(f"--trace-samples {trace_samples} is too few for Hutch++ (a sketch and 2 residual samples); pass at least 4")
+    if bottom_k < 0 or sample_batches < 0 or sample_batches == 1:
+        raise FaslandError(f"--bottom-k {bottom_k} / --sample-batches {sample_batches}: pass --bottom-k K ≥ 1 and --sample-batches B ≥ 2 (or leave them out)")
     w, dev, model, ckpt, probe, data_spec = setup(checkpoint, out, "hessian", data, max_samples, batch_size, device, threads, frames_per_video)
     sha = file_hash(checkpoint)
     key = {"checkpoint_sha256": sha, "data": data_spec}
@@ -136,26 +152,36 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     previous = w.agree(previous if previous is not None and previous.key == key else None)
     result = HessianResult(
         method=ckpt["config"].get("method"), checkpoint=str(checkpoint), key=key,
-        provenance={"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
+        provenance={"checkpoint": resolved(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
                     "data": data_spec, "seed": seed, "hvp": hvp, "mpi_ranks": w.size, "device": str(dev),
                     "versions": versions()})
     eig = {"top_k": top_k, "method": solver, "tol": tol, "max_iter": max_iter, "seed": seed}
     wanted = [("eigenvalues", eig)]
+    if bottom_k:
+        wanted.append(("smallest", {**eig, "method": "lanczos", "bottom_k": bottom_k}))
     if trace:
-        wanted.append(("trace", {"n_samples": trace_samples, "seed": seed}))
+        wanted.append(("trace", {"n_samples": trace_samples, "seed": seed, "method": trace_method}))
     if density:
         wanted.append(("density", {"n_iter": density_iter, "n_runs": density_runs, "seed": seed}))
     if per_domain:
         wanted += [(f"per_domain/{d}", {**eig, "top_k": 1}) for d in (*probe.sources, probe.target)]
+    if per_block:
+        wanted.append(("per_block", {"tol": tol, "max_iter": max_iter, "seed": seed, "trace_samples": trace_samples,
+                                     "trace_method": trace_method}))
+    if sample_batches:
+        wanted.append(("sampling", {**eig, "method": "lanczos", "subsets": sample_batches, "trace": trace,
+                                    "trace_samples": trace_samples, "trace_method": trace_method}))
     # keep what an earlier run of this checkpoint and probe computed, settings and all
     for name, info in (previous.sections if previous is not None else {}).items():
         result.sections[name] = info
         _copy_section(previous, result, name)
 
-    def operator(which):
+    def batches(which):
         # contiguous images: double backward through convolutions is ~30% slower on channels_last on CPU
-        batches = [(x.contiguous(), y) for x, y in shard(probe.batches(which), w.rank, w.size)]
-        return hs.Hessian(model, probe.loss_fn, batches, hvp, w)
+        return [(x.contiguous(), y) for x, y in shard(probe.batches(which), w.rank, w.size)]
+
+    def operator(which):
+        return hs.Hessian(model, probe.loss_fn, batches(which), hvp, w)
 
     def save():
         if out is not None and w.rank == 0:
@@ -168,13 +194,30 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
         if name == "eigenvalues":
             H = operator("train")
             H.progress = bar = progress_bar(w, max_iter * (top_k if solver == "power" else 1), f"top-{top_k} eigenvalues", "hvp")
-            result.eigenvalues = list(hs.top_eigenvalues(H, top_k, tol, solver, seed, max_iter))
+            e = hs.top_eigenvalues(H, top_k, tol, solver, seed, max_iter)
+            result.eigenvalues, result.eigenvalue_health = list(e), e.health()
             result.train_loss = H.loss()
+        elif name == "smallest":
+            H = operator("train")
+            H.progress = bar = progress_bar(w, max_iter, f"bottom-{bottom_k} eigenvalues", "hvp")
+            e = hs.top_eigenvalues(H, bottom_k, tol, "lanczos", seed, max_iter, which="smallest")
+            result.smallest = {"eigenvalues": list(e), "health": e.health(), "lambda_min": e[0]}
         elif name == "trace":
             H = operator("train")
             H.progress = bar = progress_bar(w, trace_samples, "trace", "hvp")
-            t = hs.trace(H, trace_samples, seed=seed, method="hutchinson")
-            result.trace = {"mean": t.mean, "stderr": t.stderr, "n_samples": len(t.samples), "samples": t.samples}
+            t = hs.trace(H, trace_samples, seed=seed, method=trace_method)
+            result.trace = {"mean": t.mean, "stderr": t.stderr, "method": t.method, "products": t.products,
+                            "n_samples": t.products, "samples": t.samples, "low_rank": t.low_rank}
+        elif name == "per_block":
+            H, bar = None, progress_bar(w, None, "per-block sharpness", "hvp")
+            result.per_block = hs.block_sharpness(model, probe.loss_fn, batches("train"), tol=tol, seed=seed,
+                                                  trace_samples=trace_samples, trace_method=trace_method,
+                                                  max_iter=max_iter, hvp=hvp, world=w, progress=bar)
+        elif name == "sampling":
+            H, bar = None, progress_bar(w, None, f"eigenvalues on {sample_batches} probe subsets", "hvp")
+            result.sampling = hs.sampling_uncertainty(model, probe.loss_fn, batches("train"), sample_batches, top_k,
+                                                      trace, tol, seed, trace_samples, trace_method, max_iter, hvp=hvp,
+                                                      world=w, progress=bar)
         elif name == "density":
             H = operator("train")
             H.progress = bar = progress_bar(w, density_iter * density_runs, "density", "hvp")
@@ -186,12 +229,15 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             d = name.split("/", 1)[1]
             H = operator(d)
             H.progress = bar = progress_bar(w, max_iter, f"λ_max {d}", "hvp")
-            lam = hs.top_eigenvalues(H, 1, tol, solver, seed, max_iter)[0]
-            result.per_domain[d] = {"lambda_max": lam, "role": "target" if d == probe.target else "source",
-                                                     "samples": data_spec["samples"][d]}
+            e = hs.top_eigenvalues(H, 1, tol, solver, seed, max_iter)
+            result.per_domain[d] = {"lambda_max": e[0], "role": "target" if d == probe.target else "source",
+                                    "samples": data_spec["samples"][d], "health": e.health()[0]}
         bar.close()
-        result.sections[name] = {"settings": settings, "hvps": H.calls, "seconds": round(time.perf_counter() - started, 3)}
+        hvps = H.calls if H is not None else int(bar.n)   # bar.n: the products of several operators (rank 0)
+        result.sections[name] = {"settings": settings, "hvps": hvps, "seconds": round(time.perf_counter() - started, 3)}
         del H
+        if result.smallest and result.eigenvalues and result.eigenvalues[0] != 0:
+            result.smallest["convexity_ratio"] = abs(result.smallest["lambda_min"] / result.eigenvalues[0])
         save()
     save()
     return result
@@ -204,7 +250,7 @@ def _copy_section(previous: HessianResult, result: HessianResult, name: str) -> 
         if d in previous.per_domain:
             result.per_domain[d] = previous.per_domain[d]
         return
-    for key in {"eigenvalues": ("eigenvalues", "train_loss")}.get(name, (name,)):
+    for key in {"eigenvalues": ("eigenvalues", "eigenvalue_health", "train_loss")}.get(name, (name,)):
         if key in previous.extra:
             result.extra[key] = previous.extra[key]
         elif hasattr(result, key):
@@ -212,18 +258,41 @@ def _copy_section(previous: HessianResult, result: HessianResult, name: str) -> 
 
 
 def hessian_summary(r: HessianResult, out) -> str:
-    """What `fasland hessian` prints: the result's numbers in a few lines."""
+    """What `fasland hessian` prints: the result's numbers in a few lines, each eigenvalue with its error bound
+    (and "not converged" when it stopped at max_iter), a value whose error exceeds it marked undetermined."""
     data = r.provenance["data"]
     lines = [f"Hessian of {r.checkpoint} ({data['protocol']}, "
              f"{sum(data['samples'][d] for d in data['sources'])} source images, eval mode)"]
-    rows = [(f"λ_{i + 1}", f"{v:.6g}") for i, v in enumerate(r.eigenvalues or [])]
+
+    def eigen(v, h):
+        text = hs.with_error(v, h["error"]) if h else f"{v:.6g}"
+        return text + ("" if not h or h["converged"] else f" (not converged after {h['products']} products)")
+
+    values = r.eigenvalues or []
+    rows = [(f"λ_{i + 1}", eigen(v, h)) for i, (v, h) in enumerate(zip(values, r.eigenvalue_health or [None] * len(values)))]
+    if r.smallest:
+        sm = r.smallest
+        rows += [(f"λ_min{'' if i == 0 else f'+{i}'}", eigen(v, h)) for i, (v, h) in enumerate(zip(sm["eigenvalues"], sm["health"]))]
+        if "convexity_ratio" in sm:
+            rows.append(("|λ_min/λ_max|", f"{sm['convexity_ratio']:.4g}"))
     if r.trace is not None:
-        rows.append(("trace", f"{r.trace['mean']:.6g} ± {r.trace['stderr']:.2g} ({r.trace['n_samples']} samples)"))
+        t = r.trace
+        rows.append(("trace", f"{hs.with_error(t['mean'], t['stderr'])} ({t.get('method', 'hutchinson')}, "
+                              f"{t.get('products', t['n_samples'])} products)"))
     if r.density is not None:
         nodes = [x for run in r.density["nodes"] for x in run]
         rows.append(("density", f"SLQ nodes in [{min(nodes):.4g}, {max(nodes):.4g}], σ = {r.density['sigma']:.3g}"))
     for d, v in r.per_domain.items():
-        rows.append((f"λ_max {d} ({v['role']})", f"{v['lambda_max']:.6g}"))
+        rows.append((f"λ_max {d} ({v['role']})", eigen(v["lambda_max"], v.get("health"))))
+    for b, v in r.per_block.items():
+        rows.append((f"block {b}", f"λ_max {eigen(v['lambda_max'], v['health'])}, trace "
+                                   f"{hs.with_error(v['trace'], v['trace_stderr'])} ({v['parameters']:,} parameters)"))
+    if r.sampling:
+        sp, lam = r.sampling, r.sampling["lambda_max"]
+        rows.append((f"λ_max over {sp['subsets']} subsets", f"{lam['mean']:.6g} ± {lam['std']:.2g} "
+                     f"(95% of subsets in [{lam['interval'][0]:.4g}, {lam['interval'][1]:.4g}])"))
+        if sp.get("growth"):
+            rows.append(("λ_max at n samples", ", ".join(f"{g['samples']}: {g['lambda_max']:.4g}" for g in sp["growth"])))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         lines.append(f"  {a:<{width}}  {b}")
@@ -301,7 +370,7 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     k = len(probe.sources)
     checkpoint = None if checkpoint is None else str(checkpoint)
     result = ConflictResult(method=ckpt["config"].get("method"), checkpoint=checkpoint, key=key,
-                            provenance={"checkpoint": checkpoint, "data": data_spec, "settings": s, "mpi_ranks": w.size,
+                            provenance={"checkpoint": checkpoint and resolved(checkpoint), "data": data_spec, "settings": s, "mpi_ranks": w.size,
                                         "device": str(dev), "versions": versions()},
                             domains=list(probe.sources))
 

@@ -536,18 +536,18 @@ def curvature_measure(loss_fn, data, tol: float = 1e-2, max_iter: int = 30, seed
 
 def hessian_directions(model, loss_fn, data, norm: str = "filter", ignore: str = "biasbn", tol: float = 1e-3,
                        seed: int = 0, max_iter: int = MAX_ITER, ndim: int = 2, hvp: str = DEFAULT_HVP, world=None,
-                       progress=None):
+                       progress=None, ynorm: str | None = None, yignore: str | None = None):
     """Surface directions along the top Hessian eigenvectors: x = v₁, y = v₂ (ndim = 2), each a unit
     eigenvector with ‖Hv − λv‖ ≤ tol·|λ| cut into the model's parameter shapes (parameters that are not
-    trainable get 0), then normalized against θ like a random direction (landscape.directions); the
-    eigenvalues and their health go into the recipe."""
+    trainable get 0), then normalized against θ like a random direction (landscape.directions; y by
+    ynorm/yignore, default norm/ignore); the eigenvalues are attributes, their health is in the recipe."""
     from landscape.directions import eigenvector_directions
 
     H = Hessian(model, loss_fn, data, hvp, world)
     H.progress = progress
     e = top_eigenvalues(H, ndim, tol, seed=seed, max_iter=max_iter, vectors=True)
     vectors = [[dict(zip(H.names, H.split(v))).get(n) for n, _ in model.named_parameters()] for v in e.vectors]
-    return eigenvector_directions(model, vectors, list(e), norm, ignore, e.health())
+    return eigenvector_directions(model, vectors, list(e), norm, ignore, e.health(), ynorm, yignore)
 
 
 class Trace(NamedTuple):

@@ -85,7 +85,8 @@ def _square(m, k: int | None = None) -> bool:
 
 @dataclass
 class HessianResult(Result):
-    """`fasland hessian`: sections eigenvalues (+ train_loss), trace, density, per_domain; `sections` records,
+    """`fasland hessian`: sections eigenvalues (+ train_loss, eigenvalue_health), smallest, trace, density,
+    per_domain, per_block, sampling; `sections` records,
     per section name, the settings it was computed with, its Hessian-vector products and seconds."""
     COMMAND = "hessian"
     VERSION = 1
@@ -99,7 +100,12 @@ class HessianResult(Result):
     train_loss: float | None = None     # L(θ) on the probe's sources
     trace: dict | None = None           # {mean, stderr, n_samples, samples}
     density: dict | None = None         # {grid, density, sigma, nodes, weights}
-    per_domain: dict = field(default_factory=dict)   # domain → {lambda_max, role, samples}
+    per_domain: dict = field(default_factory=dict)   # domain → {lambda_max, role, samples, health}
+    # analysis.hessian.Eigenvalues.health() of each eigenvalue: {value, error (bound), converged, products}
+    eigenvalue_health: list | None = None
+    smallest: dict | None = None        # --bottom-k: {eigenvalues (ascending), health, lambda_min, convexity_ratio}
+    per_block: dict = field(default_factory=dict)    # block → {lambda_max, trace, trace_stderr, parameters, health}
+    sampling: dict | None = None        # --sample-batches: analysis.hessian.sampling_uncertainty's result
     extra: dict = field(default_factory=dict)
 
     def problem(self) -> str:

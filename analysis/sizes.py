@@ -4,9 +4,11 @@ the `fasland study` parser can offer them without loading the study."""
 # Grid sizes and probe sizes per preset: `demo` fits the whole study in minutes on a 2-core CPU.
 SETTINGS = {
     "demo": {"x1d": "-1:1:17", "x2d": "-1:1:9", "interpolation": "-0.5:1.5:13", "pca_points": 9,
-             "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0},
+             "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0,
+             "sample_batches": 4},
     "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
-              "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80},
+              "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80,
+              "sample_batches": 8},
 }
 LEAVE_ONE_OUT = ("ICM2O", "OCM2I", "OCI2M", "OMI2C")
 LABELS = {"erm": "ERM", "sam": "SAM", "gacfas": "GAC-FAS", "rfm": "RFM"}

@@ -31,7 +31,7 @@ WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
           config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None,
-          checkpoints=None) -> list[Path]:
+          checkpoints=None, keep_checkpoints: int | None = None) -> list[Path]:
     """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
     leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
     sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
@@ -39,7 +39,8 @@ def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: st
     out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol.
     checkpoints: 'NAME=CKPT,…' (or a dict): analyse these models instead (no training, `methods` unused; the
     protocol is theirs), each in out/NAME/ without the trajectory's PCA plane.
-    protocol: default ICM2O."""
+    keep_checkpoints=N: each run keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last
+    always). protocol: default ICM2O."""
     from training.data.protocols import PROTOCOLS
 
     given = {}
@@ -64,7 +65,8 @@ def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: st
     settings = parse_sizes(sizes, SETTINGS[preset])
     seeds = parse_seeds(seeds)
     out = Path(out)
-    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures}
+    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures,
+               "keep_checkpoints": keep_checkpoints}
     reports = []
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
@@ -126,7 +128,7 @@ class Study:
                  seed: int | None = None, checkpoints: dict | None = None):
         self.given = checkpoints or {}    # {name: checkpoint} of models the user brings: not trained, no trajectory
         self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
-        self.options = options      # data, config, device, threads, figures
+        self.options = options      # data, config, device, threads, figures, keep_checkpoints
         self.seed = seed            # the training seed (None: the preset's)
         self.device = {"device": options["device"], "threads": options["threads"]}
         self.views = out / "views"
@@ -162,7 +164,8 @@ class Study:
 
         self.say(f"train {LABELS[m]}")
         metrics = train(self.protocol, m, self.run_dir(m), preset=self.preset, data=self.options["data"],
-                        config=self.options["config"], seed=self.seed, **self.device)
+                        config=self.options["config"], seed=self.seed,
+                        keep_checkpoints=self.options.get("keep_checkpoints"), **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
     def evaluate(self, m: str) -> None:
@@ -220,11 +223,14 @@ class Study:
     def sharpness(self, m: str) -> None:
         from analysis.commands import hessian, hessian_summary
 
-        self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} eigenvalues, trace, per-domain λ_max")
+        self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} and smallest eigenvalues, trace, per-domain and "
+                 f"per-block λ_max, spread over {self.s['sample_batches']} probe subsets")
         out = self.run_dir(m) / "hessian.json"
         r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
                     trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
-                    density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, **self.device)
+                    density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=1,
+                    per_block=True, sample_batches=self.s["sample_batches"],
+                    trace_method="hutch++" if self.s["trace_samples"] >= 4 else "hutchinson", **self.device)
         print(hessian_summary(r, out))
 
     def conflicts(self, m: str) -> None:
@@ -350,11 +356,14 @@ class Study:
         self.say("report")
         rows = self.rows()
         domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
-        head = ("| method | " + " | ".join(label for _, label, _ in HEADLINE) + " | conflict at SAM ascent | "
-                f"conflict at GAC-FAS ascents | width at +{WIDTH_DELTA} |\n|---|" + "---|" * (len(HEADLINE) + 3) + "\n")
+        head = ("| method | " + " | ".join(label for _, label, _ in HEADLINE) + " | cos at θ (mean / min) | "
+                "conflict at SAM ascent (cos mean / min) | conflict at GAC-FAS ascents (cos mean / min) | "
+                f"width at +{WIDTH_DELTA} | λ_min | λ_max ± spread | sharpest block |\n|---|" + "---|" * (len(HEADLINE) + 7) + "\n")
         table = head + "".join(
-            f"| {r['method']} | " + " | ".join(cell(r[k], r["ci"].get(k), kind) for k, _, kind in HEADLINE)
-            + f" | {num(r['conflict_sam'], 3)} | {num(r['conflict_ascent'], 3)} | {width_text(r['width'])} |\n"
+            f"| {r['method']} | " + " | ".join(headline_cell(r, k, kind) for k, _, kind in HEADLINE)
+            + f" | {cosines_text(r['cos_theta'])} | {num(r['conflict_sam'], 3)} {cosines_text(r['cos_sam'], True)}"
+            + f" | {num(r['conflict_ascent'], 3)} {cosines_text(r['cos_ascent'], True)} | {width_text(r['width'])}"
+            + f" | {num(r['lambda_min'])} | {spread_text(r['lambda_max_spread'])} | {block_text(r['sharpest_block'])} |\n"
             for r in rows)
         table += "\n" + noise_table(rows)
         if domains:
@@ -372,8 +381,12 @@ class Study:
         header = self.header()
         md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n" + "".join(f"- {l}\n" for l in header)
               + f"\n{table}\n" + INTERVALS_NOTE +
-              "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the 1-D "
-              f"interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).\n\n"
+              "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients (0 whenever no pair points "
+              "against another: the mean and minimum pairwise cosine beside it say how aligned the domains are); width = "
+              f"length of the 1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0); λ_min the "
+              "smallest Hessian eigenvalue (negative: not a minimum along its eigenvector); λ_max ± spread the mean and "
+              "standard deviation over disjoint probe subsets; sharpest block the top-level block with the largest λ_max "
+              "of its own Hessian block; a value whose error bound exceeds it is marked undetermined.\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
               + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
         html = report_html(self.protocol, self.preset, table, figures, pages, header)
@@ -445,23 +458,59 @@ def axis_around(values: np.ndarray, n: int) -> str:
 
 
 def hessian_numbers(h) -> dict:
-    """λ_max, the trace estimate and per-domain λ_max of a `fasland hessian` result (a HessianResult, or
-    its JSON as a dict)."""
+    """λ_max, the trace estimate (with its standard error in `undetermined` when that exceeds it), per-domain
+    λ_max, λ_min, the spread of λ_max over probe subsets and the sharpest block of a `fasland hessian` result
+    (a HessianResult, or its JSON as a dict)."""
+    from analysis.hessian import determined
+
     h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
     eig = h.eigenvalues or []
     lam = {d: v["lambda_max"] for d, v in h.per_domain.items()}
-    spread = h.extra.get("sampling") or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
+    spread = h.sampling or {}     # `--sample-batches B`: analysis.hessian.sampling_uncertainty's spreads
+    undetermined = {} if not h.trace or determined(h.trace["mean"], h.trace["stderr"]) else {"trace": h.trace["stderr"]}
+    top = spread.get("lambda_max")
+    blocks = h.per_block
+    sharpest = max(blocks, key=lambda b: blocks[b]["lambda_max"]) if blocks else None
     return {"lambda_max": eig[0] if eig else None, "trace": h.trace["mean"] if h.trace else None, "lambda_domain": lam,
+            "lambda_min": (h.smallest or {}).get("lambda_min"),
+            "lambda_max_spread": (top["mean"], top["std"]) if top else None,
+            "sharpest_block": (sharpest, blocks[sharpest]["lambda_max"]) if sharpest else None, "undetermined": undetermined,
             "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
+
+
+def pairwise_cosines(record: dict | None):
+    """(mean, min) of the off-diagonal entries of a record's cosine matrix, None without one."""
+    C = np.asarray((record or {}).get("cosines") or [], dtype=np.float64)
+    if C.ndim != 2 or len(C) < 2:
+        return None
+    off = C[np.triu_indices(len(C), 1)]
+    return float(off.mean()), float(off.min())
+
+
+def cosines_text(c, brackets: bool = False) -> str:
+    if c is None:
+        return "" if brackets else "–"
+    text = f"{c[0]:+.3f} / {c[1]:+.3f}"
+    return f"({text})" if brackets else text
+
+
+def spread_text(s) -> str:
+    return "–" if not s or s[0] is None else f"{num(s[0])} ± {num(s[1], 2)}"
+
+
+def block_text(b) -> str:
+    return "–" if not b else f"{b[0]} ({num(b[1])})"
 
 
 def conflict_numbers(c) -> dict:
     """Mean conflict at θ, at SAM's ascent point and among the GAC-FAS ascent gradients, from the `summary`
-    of a `fasland conflicts` result (a ConflictResult, or its JSON as a dict)."""
+    of a `fasland conflicts` result (a ConflictResult, or its JSON as a dict), each with the mean and minimum
+    pairwise cosine of its gradients."""
     c = c if isinstance(c, ConflictResult) else ConflictResult.from_json(c)
     s = c.summary
     return {"conflict_theta": s.get("conflict_theta"), "conflict_sam": s.get("conflict_sam"),
-            "conflict_ascent": s.get("conflict_gacfas"),
+            "conflict_ascent": s.get("conflict_gacfas"), "cos_theta": pairwise_cosines(c.theta),
+            "cos_sam": pairwise_cosines(c.sam), "cos_ascent": pairwise_cosines((c.gacfas or {}).get("generalization")),
             "ci_conflicts": {"conflict_theta": ((c.theta or {}).get("interval") or {}).get("conflict")}}
 
 
@@ -513,6 +562,13 @@ def cell(v, ci, kind: str) -> str:
     if kind == "pct":
         return f"{pct(v)} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
     return f"{fmt(v, kind)} [{fmt(ci[0], kind)}, {fmt(ci[1], kind)}]"
+
+
+def headline_cell(r: dict, k: str, kind: str) -> str:
+    """`cell`, or 'undetermined (v ± e)' for a value whose standard error e exceeds it."""
+    if k in r.get("undetermined", {}):
+        return f"undetermined ({fmt(r[k], kind)} ± {num(r['undetermined'][k], 2)})"
+    return cell(r[k], r["ci"].get(k), kind)
 
 
 def noise_table(rows: list[dict]) -> str:

@@ -16,7 +16,7 @@ def register(sub) -> None:
     g.add_argument("--model3", default=None, help="y direction = θ(model3) − θ (2-D plane through three checkpoints)")
     g.add_argument("--pca", default=None, metavar="RUN_DIR", help="x, y = the top-2 PCA directions of RUN_DIR/checkpoints/epoch_*.pt relative to the checkpoint; the path is projected and stored")
     g.add_argument("--dir-file", default=None, help="reuse the directions of this .h5 (e.g. SURF.dirs.h5 of an earlier surface, or a reference direction file)")
-    g.add_argument("--dir-type", default=None, choices=["weights", "states"], help="weights = parameters; states = state_dict incl. BN running statistics (default: states with --model2/--model3, so a = 1 is exactly model2; weights otherwise)")
+    g.add_argument("--dir-type", default=None, choices=["weights", "states", "hessian"], help="weights = parameters; states = state_dict incl. BN running statistics (default: states with --model2/--model3, so a = 1 is exactly model2; weights otherwise); hessian = x, y along the top two Hessian eigenvectors of the source loss (normalized by --xnorm/--ynorm, eigenvalues stored as attributes)")
     g.add_argument("--xnorm", default="filter", choices=["filter", "layer", "weight", "none"])
     g.add_argument("--xignore", default="biasbn", choices=["biasbn", "none"], help="biasbn zeroes 1-D tensors (bias, BN); none sets them to θ")
     g.add_argument("--ynorm", default=None, choices=["filter", "layer", "weight", "none"], help="default: --xnorm")
@@ -24,7 +24,11 @@ def register(sub) -> None:
     g.add_argument("--orthogonalize", action="store_true", help="make the y direction orthogonal to x (Gram–Schmidt, norm kept)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random directions (CPU generator: same on every device)")
     d = probe_flags(p, "evaluation (data and protocol default to the checkpoint's)")
-    d.add_argument("--no-autocast", action="store_true", help="evaluate in float32 on CUDA too (autocast is used on CUDA only)")
+    d.add_argument("--autocast", default=None, choices=["bf16", "fp16"], help="evaluate under autocast in this precision (default: float32 on every device; recorded in the provenance)")
+    d.add_argument("--bn", default="theta", choices=["theta", "recompute"], help="BatchNorm statistics at each point: θ's (default, as the reference) or re-estimated from the sources' probe images")
+    d.add_argument("--curvature", action="store_true", help="also λ_max, λ_min and |λ_min/λ_max| of the source loss at each point (datasets lambda_max, lambda_min, convexity_ratio)")
+    d.add_argument("--curvature-iter", type=int, default=20, help="Hessian-vector products per point at most for --curvature")
+    d.add_argument("--curvature-tol", type=float, default=1e-2, help="error bound of λ_max/λ_min per point, relative to max(|λ_max|, |λ_min|)")
     p.add_argument("--plot", action="store_true", help="also write a quick PNG next to the .h5")
     p.add_argument("--out", required=True, help="the surface file SURF.h5 (its directions go to SURF.dirs.h5 unless --dir-file)")
     p.set_defaults(run=run_surface)
@@ -39,7 +43,9 @@ def run_surface(args) -> int:
                     dir_file=args.dir_file, dir_type=args.dir_type, xnorm=args.xnorm, xignore=args.xignore,
                     ynorm=args.ynorm, yignore=args.yignore, orthogonalize=args.orthogonalize, seed=args.seed,
                     data=args.data, max_samples=args.max_samples, batch_size=args.batch_size, device=args.device,
-                    threads=args.threads, autocast=False if args.no_autocast else None, frames_per_video=args.frames_per_video)
+                    threads=args.threads, autocast=args.autocast, bn=args.bn, curvature=args.curvature,
+                    curvature_tol=args.curvature_tol, curvature_iter=args.curvature_iter,
+                    frames_per_video=args.frames_per_video)
     if store is not None:      # None on MPI ranks other than 0
         if args.plot:
             print(f"plot: {quick_plot(args.out)}")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from training.errors import FaslandError
 
-EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1, "frames_per_video": 1}
+EXAMPLES = {"max_samples": 256, "batch_size": 256, "threads": 1, "frames_per_video": 1, "curvature_tol": 0.01,
+            "curvature_iter": 20}
 
 
 def check_positive(**values) -> None:
@@ -44,21 +45,29 @@ def directions_path(out, dir_file=None) -> Path:
 def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, dir_file=None, dir_type=None,
             xnorm: str = "filter", xignore: str = "biasbn", ynorm=None, yignore=None, orthogonalize: bool = False,
             seed: int = 0, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-            threads: int | None = None, autocast: str | None = None, frames_per_video: int = 1):
+            threads: int | None = None, autocast: str | None = None, frames_per_video: int = 1, curvature: bool = False,
+            bn: str = "theta", curvature_tol: float = 1e-2, curvature_iter: int = 20, hessian_tol: float = 1e-3):
     """f(a, b) = every probe metric of θ + a·d1 + b·d2 at each grid point, written to `out` (HDF5, the
     reference layout; resumed if it holds this very surface, refused if it holds another).
 
     x, y: 'MIN:MAX:N' specs or sequences of coordinates. Directions: filter-normalized random (seeded) by
     default; model2 (and model3): θ(model2) − θ; pca: the top-2 PCA directions of RUN_DIR's trajectory;
-    dir_file: reuse a direction file. They are saved to `directions_path(out, dir_file)`.
+    dir_file: reuse a direction file; dir_type="hessian": x, y = the top two eigenvectors of the source loss's
+    Hessian (to hessian_tol residual), normalized by xnorm/xignore, ynorm/yignore. They are saved to
+    `directions_path(out, dir_file)`.
     autocast: None (float32, the default), "bf16" or "fp16" (recorded in the file's provenance).
+    curvature: also λ_max, λ_min and |λ_min/λ_max| of the source loss at each point (Lanczos, at most
+    curvature_iter products, stopped at curvature_tol of the spectrum's scale): the convexity map.
+    bn: "theta" (θ's BatchNorm statistics everywhere) or "recompute" (re-estimated at each point from the
+    sources' probe images).
     Under MPI every rank calls this alike; rank 0 gets the store, the others None.
     """
     from landscape import mpi
     from landscape.directions import load_directions
-    from landscape.surface import compute_surface
+    from landscape.surface import check_evaluation, compute_surface
     from training.checkpoint import file_hash, load_model
     from training.device import pick_device
+    from training.presets import resolved, resolved_root
     from training.probe import load_probe
 
     comm = mpi.world()
@@ -71,16 +80,19 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         ycoords = axis(y, "--y") if y is not None else None
         check_direction_choices(model2, model3, pca, dir_file, y is not None)
         check_positive(max_samples=max_samples, batch_size=batch_size, threads=threads, frames_per_video=frames_per_video)
+        check_evaluation(autocast, bn)
+        if curvature:
+            check_positive(curvature_tol=curvature_tol, curvature_iter=curvature_iter)
         set_threads(threads, comm)
         dev = pick_device(device)
         model, ckpt = load_model(checkpoint, dev)
         config = ckpt["config"]
         if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
             raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
-        return xcoords, ycoords, dev, model, config
+        return xcoords, ycoords, dev, model, config, ckpt.get("metrics")
 
-    xcoords, ycoords, dev, model, config = mpi.on_every_rank(comm, setup)
-    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": data} if data else {})},
+    xcoords, ycoords, dev, model, config, run_metrics = mpi.on_every_rank(comm, setup)
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
                  "max_samples": max_samples, **frames_spec(frames_per_video)}
     probe = None
 
@@ -90,14 +102,16 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         nonlocal probe
         from landscape.store import SurfaceStore, check_same_surface, read_store
 
-        recipe = directions_recipe(sources, y is not None, dir_type, xnorm, xignore, ynorm, yignore, orthogonalize, seed)
-        provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_hash(checkpoint),
+        recipe = directions_recipe(sources, y is not None, dir_type, xnorm, xignore, ynorm, yignore, orthogonalize, seed,
+                                   hessian_tol)
+        provenance = {"checkpoint": resolved(checkpoint), "checkpoint_sha256": file_hash(checkpoint),
                       "method": str(config.get("method", "")), "protocol": str(config["protocol"]),
-                      "directions": recipe, "data": data_spec, "dir_file": str(dirs_path)}
+                      "directions": recipe, "data": data_spec, "dir_file": resolved(dirs_path)}
         if out.is_file():
             check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))
-        ensure_directions(model, recipe, provenance["checkpoint_sha256"], dirs_path, sources)
         probe = load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
+        warn_unsettled("surface", probe, model, run_metrics)
+        ensure_directions(model, recipe, provenance["checkpoint_sha256"], dirs_path, sources, probe)
         provenance["data_sha256"] = data_fingerprint(probe)
         return provenance
 
@@ -110,8 +124,16 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         return directions, probe or load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
 
     directions, probe = mpi.on_every_rank(comm, load)
+    measure = spec = None
+    if curvature:
+        from analysis.hessian import curvature_measure   # the Hessian lives in analysis; imported only when asked
+
+        measure = curvature_measure(probe.loss_fn, probe.batches("train"), curvature_tol, curvature_iter, seed)
+        spec = {"curvature": {"tol": curvature_tol, "max_iter": curvature_iter, "seed": seed, "data": "sources"}}
     return compute_surface(model, probe, directions, xcoords, ycoords if directions.y is not None else None, out,
-                           provenance, comm=comm, autocast=autocast)
+                           provenance, comm=comm, autocast=autocast, bn=bn,
+                           bn_inputs=[x for x, _ in probe.batches("train")] if bn == "recompute" else None,
+                           measure=measure, measure_spec=spec)
 
 
 def surface_summary(store, out, dir_file=None) -> str:
@@ -136,6 +158,17 @@ def axis(spec, flag: str):
     if coords.size == 0 or not np.all(np.isfinite(coords)):
         raise FaslandError(f"{flag} needs at least one finite coordinate; pass MIN:MAX:N such as -1:1:51")
     return coords
+
+
+def warn_unsettled(command: str, probe, model, run_metrics) -> None:
+    """Say so on stderr when θ's BatchNorm running statistics have not settled (training.probe.unsettled_batchnorm)."""
+    import sys
+
+    from training.probe import unsettled_batchnorm
+
+    warning = unsettled_batchnorm(probe, model, run_metrics)
+    if warning:
+        print(f"fasland {command}: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def data_fingerprint(probe) -> str:
@@ -164,7 +197,7 @@ def check_direction_choices(model2, model3, pca, dir_file, two_d: bool) -> None:
 
 
 def directions_recipe(sources: dict, two_d: bool, dir_type=None, xnorm="filter", xignore="biasbn", ynorm=None,
-                      yignore=None, orthogonalize=False, seed=0) -> dict:
+                      yignore=None, orthogonalize=False, seed=0, hessian_tol=1e-3) -> dict:
     """What fixes the directions (resume identity): the kind, its inputs' hashes, seed and normalization.
     `sources`: {"model2", "model3", "pca", "dir_file"} paths or None."""
     from training.checkpoint import file_hash
@@ -176,6 +209,11 @@ def directions_recipe(sources: dict, two_d: bool, dir_type=None, xnorm="filter",
         if not Path(dir_file).is_file():
             raise FaslandError(f"--dir-file '{dir_file}' not found; pass an existing direction .h5 (to make new directions, drop --dir-file)")
         return {"kind": "file", "sha256": file_hash(dir_file), "dir_type": dir_type}
+    if dir_type == "hessian":
+        if model2 or model3 or pca:
+            raise FaslandError("--dir-type hessian makes its own directions; drop --model2/--model3/--pca")
+        return {"kind": "hessian", "dir_type": "weights", "seed": seed, "tol": hessian_tol, "ndim": 2 if two_d else 1,
+                "x": {"norm": xnorm, "ignore": xignore}, **({"y": {"norm": ynorm, "ignore": yignore}} if two_d else {})}
     if pca:
         from training.checkpoint import trajectory_checkpoints
         files = trajectory_checkpoints(pca, at_least=3)
@@ -197,9 +235,10 @@ def checked(path, flag) -> str:
     return path
 
 
-def ensure_directions(model, recipe: dict, checkpoint_sha256: str, path: Path, sources: dict) -> None:
+def ensure_directions(model, recipe: dict, checkpoint_sha256: str, path: Path, sources: dict, probe=None) -> None:
     """Make the directions of `recipe` and save them to `path`, unless `path` already holds them.
-    `sources`: the recipe's input paths {"model2", "model3", "pca"} (the recipe holds only their hashes)."""
+    `sources`: the recipe's input paths {"model2", "model3", "pca"} (the recipe holds only their hashes);
+    `probe`: the data of Hessian directions (its sources' loss)."""
     import json
 
     import torch
@@ -225,6 +264,14 @@ def ensure_directions(model, recipe: dict, checkpoint_sha256: str, path: Path, s
     dir_type = recipe.get("dir_type", "weights")
     if recipe.get("kind") == "pca":
         dirs = pca_directions(model, sources["pca"], dir_type, recipe["ignore"])
+        dirs.recipe = recipe
+    elif recipe.get("kind") == "hessian":
+        from analysis.hessian import hessian_directions   # the Hessian lives in analysis; imported only when asked
+
+        y = recipe.get("y", {})
+        batches = [(xb.contiguous(), yb) for xb, yb in probe.batches("train")]
+        dirs = hessian_directions(model, probe.loss_fn, batches, recipe["x"]["norm"], recipe["x"]["ignore"], recipe["tol"],
+                                  recipe["seed"], ndim=recipe["ndim"], ynorm=y.get("norm"), yignore=y.get("ignore"))
         dirs.recipe = recipe
     else:
         g = torch.Generator().manual_seed(int(recipe["seed"]))

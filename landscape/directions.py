@@ -107,16 +107,19 @@ def random_direction(model: nn.Module, seed: int = 0, norm: str = "filter", igno
 
 
 def eigenvector_directions(model: nn.Module, vectors, eigenvalues, norm: str = "filter", ignore: str = "biasbn",
-                           health=None) -> Directions:
+                           health=None, ynorm: str | None = None, yignore: str | None = None) -> Directions:
     """Directions (x = vectors[0], y = vectors[1]) from eigenvectors given per parameter (`model.parameters()`
     order, None for a parameter the vector does not move). Multi-dimensional tensors are normalized as
     random directions are (`normalize_direction`; norm "none" keeps the eigenvector); 1-D tensors are zeroed
-    with ignore="biasbn" and kept with "none" (copying θ into them would make it no direction of curvature)."""
-    check_choice(norm, NORMS, "--xnorm/--ynorm")
-    check_choice(ignore, IGNORES, "--xignore/--yignore")
+    with ignore="biasbn" and kept with "none" (copying θ into them would make it no direction of curvature).
+    y takes ynorm/yignore (default: norm/ignore)."""
+    settings = [(norm, ignore), (ynorm or norm, yignore or ignore)]
+    for n, i in settings:
+        check_choice(n, NORMS, "--xnorm/--ynorm")
+        check_choice(i, IGNORES, "--xignore/--yignore")
     params = model_tensors(model, "weights")
     dirs = []
-    for vector in vectors:
+    for vector, (norm, ignore) in zip(vectors, settings):
         d = []
         for v, w in zip(vector, params):
             t = torch.zeros(tuple(w.shape)) if v is None else v.detach().to("cpu", torch.float32).reshape(tuple(w.shape)).clone()
@@ -126,7 +129,7 @@ def eigenvector_directions(model: nn.Module, vectors, eigenvalues, norm: str = "
                 d.append(normalize_direction(t, w, norm, ignore) if norm != "none" else t)
         dirs.append(d)
     values = [float(v) for v in eigenvalues]
-    recipe = {"kind": "hessian", "norm": norm, "ignore": ignore, "eigenvalues": values}
+    recipe = {"kind": "hessian", "norm": settings[0][0], "ignore": settings[0][1], "eigenvalues": values}
     attrs = {"eigenvalues": np.asarray(values[:len(dirs)], dtype=np.float64)}
     if health is not None:
         recipe["health"] = list(health)

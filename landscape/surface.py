@@ -130,6 +130,13 @@ def precision_of(autocast) -> str:
     raise FaslandError(f"--autocast '{autocast}' is not known; use bf16 or fp16 (float32 is the default)")
 
 
+def check_evaluation(autocast, bn: str) -> str:
+    """The precision of `autocast`, once `autocast` and `bn` are known settings (one sentence otherwise)."""
+    if bn not in BN_MODES:
+        raise FaslandError(f"--bn '{bn}' is not known; use theta (θ's running statistics) or recompute")
+    return precision_of(autocast)
+
+
 def evaluate(probe, model: nn.Module, autocast=None) -> dict[str, float]:
     """probe(model) as floats; with autocast "bf16"/"fp16" the forward runs under torch.autocast in that
     dtype (on the model's device), else in the model's own dtype (float32)."""
@@ -196,9 +203,7 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
     names it in the provenance."""
     if ycoords is not None and directions.y is None:
         raise FaslandError("a 2-D grid (--y) needs two directions but only an x direction was given; add --y directions or drop --y")
-    precision = precision_of(autocast)
-    if bn not in BN_MODES:
-        raise FaslandError(f"--bn '{bn}' is not known; use theta (θ's running statistics) or recompute")
+    precision = check_evaluation(autocast, bn)
     if bn == "recompute" and not bn_inputs:
         raise FaslandError("--bn recompute needs images to re-estimate BatchNorm statistics from; pass the sources' probe batches")
     evaluation = {"precision": precision, "bn": bn, "measure": measure_spec if measure is not None else None}

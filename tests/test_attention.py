@@ -151,3 +151,14 @@ def test_the_command_writes_maps_sheets_and_fractions(tmp_path):
     for d in domains:
         assert (tmp_path / "att" / f"sheet_{d}.png").stat().st_size > 5000
     assert "face" in r.out
+
+
+def test_the_default_cam_layer_is_the_last_convolution_with_a_map_to_place():
+    """At 32 px ResNet18's layer4 is 1×1 (a constant map): the default is the last 4×4 convolution."""
+    from analysis.attention import cam_layer
+    from training.model import FASNet
+
+    model = FASNet().eval()
+    assert cam_layer(model, torch.zeros(1, 3, 32, 32))[0] == "layer2.1.conv2"
+    assert cam_layer(model, torch.zeros(1, 3, 128, 128))[0] == "layer4.1.conv2"
+    assert cam_layer(model, torch.zeros(1, 3, 32, 32), "layer3")[0] == "layer3"

@@ -333,3 +333,108 @@ def test_low_precision_stays_within_its_stated_tolerance_of_float32(precision):
     assert compute_surface(model, probe, dirs, [0.0], progress=False).provenance["evaluation"]["precision"] == "float32"
     with pytest.raises(FaslandError, match="--autocast"):
         evaluate(probe, model, "fp8")
+
+
+# ---- through the commands ---------------------------------------------------------------------------------
+
+def test_hessian_command_bottom_k_per_block_sampling_and_health(tmp_path, monkeypatch, capsys):
+    import json
+
+    from fasland.cli import main
+    from test_conflicts import make_run, small_probe, small_world
+    from training.checkpoint import load_model
+
+    small_world(monkeypatch)
+    make_run(tmp_path / "run", epochs=(1,))
+    ckpt, out = tmp_path / "run" / "checkpoint.pt", tmp_path / "hessian.json"
+    argv = ["hessian", "--checkpoint", str(ckpt), "--top-k", "2", "--bottom-k", "2", "--tol", "1e-3", "--max-iter", "80",
+            "--trace", "--trace-samples", "12", "--per-block", "--sample-batches", "2", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "λ_min" in printed and "block conv" in printed and "λ_max over 2 subsets" in printed and "hutch++" in printed
+    r = json.loads(out.read_text())
+    model, _ = load_model(ckpt)
+    data = [(x.contiguous(), y) for x, y in small_probe(None).batches("train")]
+    H = hs.Hessian(model, small_probe(None).loss_fn, data)
+    eig = np.linalg.eigvalsh(H.dense().double().numpy())
+    # the smallest eigenvalues, λ_min and |λ_min/λ_max| against the dense Hessian (float32 model)
+    assert rel(r["smallest"]["eigenvalues"], eig[:2]) < 1e-3 and r["smallest"]["lambda_min"] == r["smallest"]["eigenvalues"][0]
+    assert abs(r["smallest"]["convexity_ratio"] - abs(eig[0] / eig[-1])) < 2e-3 * abs(eig[0] / eig[-1])
+    # health beside every eigenvalue
+    for h in r["eigenvalue_health"] + r["smallest"]["health"]:
+        assert set(h) == {"value", "error", "converged", "products"} and h["products"] > 0
+    assert r["trace"]["method"] == "hutch++" and r["trace"]["products"] == 12 and r["trace"]["stderr"] >= 0
+    assert list(r["per_block"]) == ["conv", "bn", "fc"]
+    for block, v in r["per_block"].items():
+        Hb = hs.Hessian(model, small_probe(None).loss_fn, data, params=[n for n, _ in model.named_parameters() if n.startswith(block + ".")])
+        lam = np.linalg.eigvalsh(Hb.dense().double().numpy())[-1]
+        assert abs(v["lambda_max"] - lam) < 1e-3 * abs(lam) and v["health"]["converged"]
+    s = r["sampling"]
+    assert s["subsets"] == 2 and s["samples"] == [9, 9] and len(s["eigenvalues"]) == 2 and "trace" in s
+    assert [g["samples"] for g in s["growth"]] == [1, 2, 4, 8, 16, 18]
+    assert abs(s["growth"][-1]["lambda_max"] - eig[-1]) < 1e-3 * eig[-1]
+    # a rerun computes nothing
+    before = json.loads(out.read_text())["sections"]
+    calls = []
+    monkeypatch.setattr(hs, "block_sharpness", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(hs, "sampling_uncertainty", lambda *a, **k: calls.append(1))
+    assert main(argv) == 0 and calls == [] and json.loads(out.read_text())["sections"] == before
+
+
+def test_undetermined_trace_is_printed_as_such():
+    from analysis.commands import hessian_summary
+
+    from analysis.results import HessianResult
+
+    r = HessianResult.from_json({
+        "command": "hessian", "version": HessianResult.VERSION, "checkpoint": "c.pt",
+        "provenance": {"data": {"protocol": "ICM2O", "samples": {"I": 4}, "sources": ["I"]}},
+        "eigenvalues": [3.0], "eigenvalue_health": [{"value": 3.0, "error": 5.0, "converged": False, "products": 7}],
+        "trace": {"mean": -3179.0, "stderr": 4100.0, "method": "hutch++", "products": 50, "n_samples": 50}})
+    text = hessian_summary(r, "h.json")
+    assert "undetermined (-3179 ± 4.1e+03)" in text
+    assert "undetermined (3 ± 5) (not converged after 7 products)" in text
+
+
+def test_surface_command_hessian_directions_and_convexity_map(tmp_path, monkeypatch):
+    import json
+
+    import h5py
+
+    from fasland.cli import main
+    from landscape.store import read_store
+    from test_conflicts import make_run, small_probe, small_world
+    from training.checkpoint import load_model
+
+    small_world(monkeypatch)
+    make_run(tmp_path / "run", epochs=(1,))
+    ckpt, out = tmp_path / "run" / "checkpoint.pt", tmp_path / "s.h5"
+    argv = ["surface", "--checkpoint", str(ckpt), "--x", "-0.5:0.5:3", "--y", "-0.5:0.5:3", "--dir-type", "hessian",
+            "--xnorm", "none", "--xignore", "none", "--curvature", "--curvature-iter", "200", "--curvature-tol", "1e-7",
+            "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    model, _ = load_model(ckpt)
+    probe = small_probe(None)
+    data = [(x.contiguous(), y) for x, y in probe.batches("train")]
+    dense = hs.Hessian(model, probe.loss_fn, data).dense().double().numpy()
+    eig = np.linalg.eigvalsh((dense + dense.T) / 2)
+    with h5py.File(out.with_name("s.dirs.h5"), "r") as f:   # the reference layout, eigenvalues as attributes
+        assert json.loads(f.attrs["recipe"])["kind"] == "hessian" and len(f["xdirection"]) == len(list(model.parameters()))
+        assert np.allclose(f.attrs["eigenvalues"], eig[::-1][:2], rtol=1e-3)
+        v = np.concatenate([f["xdirection"][str(i)][()].ravel() for i in range(len(f["xdirection"]))])
+    assert np.linalg.norm(dense @ v - eig[-1] * v) <= 2e-3 * abs(eig[-1]) * np.linalg.norm(v)
+    s = read_store(out)
+    ev = json.loads(s.provenance["evaluation"])
+    assert ev == {"precision": "float32", "bn": "theta",
+                  "measure": {"curvature": {"tol": 1e-7, "max_iter": 200, "seed": 0, "data": "sources"}}}
+    lam_max, lam_min = s.arrays["lambda_max"], s.arrays["lambda_min"]
+    assert abs(lam_max[1, 1] - eig[-1]) < 1e-4 * abs(eig[-1]) and abs(lam_min[1, 1] - eig[0]) < 1e-4 * abs(eig[-1])
+    assert np.allclose(s.arrays["convexity_ratio"], np.abs(s.arrays["lambda_min"] / s.arrays["lambda_max"]))
+    assert len(np.unique(np.round(s.arrays["lambda_max"], 6))) > 1     # the curvature changes over the plane
+
+    # bf16 and recomputed BatchNorm are recorded; a rerun with other evaluation settings is refused
+    out2 = tmp_path / "t.h5"
+    assert main(["surface", "--checkpoint", str(ckpt), "--x", "-1:1:3", "--bn", "recompute", "--autocast", "bf16",
+                 "--threads", "1", "--out", str(out2)]) == 0
+    assert json.loads(read_store(out2).provenance["evaluation"]) == {"precision": "bf16", "bn": "recompute", "measure": None}
+    assert main(["surface", "--checkpoint", str(ckpt), "--x", "-1:1:3", "--threads", "1", "--out", str(out2)]) == 2

@@ -303,7 +303,7 @@ def test_cli_hessian_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     small_world(monkeypatch)
     make_run(tmp_path / "run", epochs=(1,))
     ckpt, out = tmp_path / "run" / "checkpoint.pt", tmp_path / "hessian.json"
-    argv = ["hessian", "--checkpoint", str(ckpt), "--top-k", "2", "--trace", "--trace-samples", "4", "--density",
+    argv = ["hessian", "--checkpoint", str(ckpt), "--top-k", "2", "--trace", "--trace-method", "hutchinson", "--trace-samples", "4", "--density",
             "--density-iter", "5", "--per-domain", "--threads", "1", "--out", str(out)]
     assert main(argv) == 0
     assert "λ_max O (target)" in capsys.readouterr().out

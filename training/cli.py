@@ -11,7 +11,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="'synth' (default: the embedded SynthFAS) or the root of the real datasets")
     p.add_argument("--preset", default="demo", choices=PRESETS, help="demo (2-core CPU) or paper (the GAC-FAS recipe)")
     p.add_argument("--config", default=None, help="YAML file whose sections override the preset (data, model, hparams, train)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the preset's); a larger value on a finished run continues it")
+    p.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep the trajectory checkpoint of every N-th epoch (epoch 0 and the last always); default: the preset's train.save_every")
     p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
     p.add_argument("--pretrained", default=None, help="a local torchvision resnet18 state_dict (nothing downloads)")
@@ -34,7 +36,7 @@ def run_train(args) -> int:
 
     metrics = train(args.protocol, args.method, args.out, preset=args.preset, config=args.config, data=args.data,
                     image_size=args.image_size, epochs=args.epochs, seed=args.seed, pretrained=args.pretrained,
-                    device=args.device, threads=args.threads)
+                    keep_checkpoints=args.keep_checkpoints, device=args.device, threads=args.threads)
     print(train_summary(metrics, args.method, args.protocol, args.out))
     return 0
 
