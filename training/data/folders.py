@@ -35,7 +35,7 @@ def find_videos(root, domain: str, split: str) -> list[tuple[Path, int, list[Pat
         raise FaslandError(f"unknown domain '{domain}'; use one of {', '.join(DOMAIN_NAMES)} (I = replay, O = oulu, C = casia, M = msu)")
     root = Path(root)
     if not root.is_dir():
-        raise FaslandError(f"data root '{root}' does not exist; pass --data synth or a directory holding replay/, oulu/, casia/, msu/")
+        raise FaslandError(f"data root '{root}' does not exist; pass --data DIR naming the folder that holds replay/, oulu/, casia/, msu/")
     folder = root / DOMAIN_NAMES[domain]
     if not folder.is_dir():
         raise FaslandError(f"domain folder '{folder}' not found; put dataset {domain} there as {DOMAIN_NAMES[domain]}/{{train,test}}/.../<video>/crop_*.jpg")
