@@ -1,8 +1,11 @@
 """`fasland hessian`, `fasland conflicts` and `fasland study`: parsers and printing only; the work is
 analysis.commands.hessian / .conflicts and analysis.study.study. Nothing heavy is imported here, so
 `fasland --help` answers at once."""
-from analysis.sizes import SETTINGS
+import argparse
+
+from analysis.sizes import LABELS, SETTINGS
 from landscape.cli import probe_flags
+from training.data.protocols import PROTOCOLS
 
 
 def register(sub) -> None:
@@ -14,7 +17,8 @@ def register(sub) -> None:
                                    "fasland hessian …` shards the probe over ranks. Rerunning reuses finished parts.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'fasland train'")
     p.add_argument("--top-k", type=int, default=1, help="how many of the largest eigenvalues")
-    p.add_argument("--method", default="lanczos", choices=["lanczos", "power"], help="lanczos (default) or power iteration with deflation (PyHessian)")
+    p.add_argument("--solver", default="lanczos", choices=["lanczos", "power"], help="the eigen-solver: Lanczos, or power iteration with deflation (PyHessian)")
+    p.add_argument("--method", dest="solver", choices=["lanczos", "power"], default=argparse.SUPPRESS, help=argparse.SUPPRESS)   # the old name of --solver
     p.add_argument("--tol", type=float, default=1e-4, help="relative accuracy of the eigenvalues")
     p.add_argument("--max-iter", type=int, default=300, help="Hessian-vector products per eigenvalue search at most")
     p.add_argument("--bottom-k", type=int, default=0, help="also this many of the smallest eigenvalues (Lanczos), λ_min and |λ_min/λ_max|")
@@ -22,9 +26,9 @@ def register(sub) -> None:
     p.add_argument("--trace-method", default="hutchinson", choices=["hutchinson", "hutch++"],
                    help="Hutchinson (default) or Hutch++ (fewer products where a few eigenvalues dominate; on a ResNet18 "
                         "it needed more, see bench/hessian.py)")
-    p.add_argument("--trace-samples", type=int, default=50, help="Hessian-vector products for the trace (Hutchinson: Rademacher vectors)")
+    p.add_argument("--trace-samples", type=int, default=100, help="Hessian-vector products for the trace at most (Hutchinson: Rademacher vectors); it stops once its standard error is 0.1%% of |trace|")
     p.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
-    p.add_argument("--density-iter", type=int, default=50, help="Lanczos steps per density run")
+    p.add_argument("--density-iter", type=int, default=100, help="Lanczos steps per density run")
     p.add_argument("--density-runs", type=int, default=1, help="SLQ runs (random start vectors)")
     p.add_argument("--per-domain", action="store_true", help="also λ_max of each source domain and of the target")
     p.add_argument("--per-block", action="store_true", help="also λ_max and trace of each top-level block's Hessian (stem, layer1…layer4, head)")
@@ -32,7 +36,7 @@ def register(sub) -> None:
                    help="also the eigenvalues (and trace) on B disjoint probe subsets: mean, std, 95%% interval, and λ_max at 1, 2, 4, … samples")
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors")
     _probe_flags(p)
     p.add_argument("--out", required=True, help="result file FILE.json")
     p.set_defaults(run=run_hessian)
@@ -63,22 +67,25 @@ def register(sub) -> None:
                                    "computes 1-D/2-D surfaces on shared directions, interpolations, the trajectory PCA "
                                    "plane, Hessian eigenvalues and trace, gradient conflicts over training, exports every "
                                    "view and writes report.md / report.html. Rerunning resumes.")
-    p.add_argument("--protocol", default=None, help="a protocol (ICM2O, OCM2I, OCI2M, OMI2C, MI2C, MI2O) or 'all' (the four leave-one-out); "
-                   "default ICM2O, or the --checkpoints' own")
+    p.add_argument("--protocol", default=None, choices=[*PROTOCOLS, "all"],
+                   help="a protocol, or all: the four leave-one-out ones (default: ICM2O, or the --checkpoints' own)")
     p.add_argument("--checkpoints", default=None, metavar="NAME=CKPT[,NAME=CKPT...]",
                    help="analyse these models (made by fasland train or fasland import) instead of training --methods")
-    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated: erm, sam, gacfas, rfm")
+    p.add_argument("--methods", default="erm,sam,gacfas", help="comma-separated, of: " + ", ".join(LABELS))
     p.add_argument("--preset", default="demo", choices=sorted(SETTINGS), help="training recipe and analysis sizes")
     p.add_argument("--sizes", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
                    help="override the preset's analysis sizes, e.g. x2d=-1:1:5,max_samples=8,max_iter=5; keys: "
                         + ", ".join(SETTINGS["demo"]) + " (grids are MIN:MAX:N)")
     p.add_argument("--data", default=None, help="'synth' (default) or the root of the real datasets")
     p.add_argument("--config", default=None, help="YAML overriding the training preset's sections for every method")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default: each command's own)")
     p.add_argument("--seeds", default=None, metavar="S[,S...]",
                    help="training seeds: every method trained and analysed once per seed; one seed keeps the layout "
                         "DIR/<method>/, several give DIR/seed_S/<method>/ and DIR/report.md with mean ± std across seeds")
+    p.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep each run's trajectory checkpoint of every N-th epoch (epoch 0 and the last always; the PCA "
+                        "plane needs 3); default: the preset's")
     p.add_argument("--figures", default=None, metavar="DIR", help="also copy the headline figures into DIR (make figures)")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(run=run_study)
@@ -96,7 +103,7 @@ def _probe_args(args) -> dict:
 def run_hessian(args) -> int:
     from analysis.commands import hessian, hessian_summary
 
-    r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.method, tol=args.tol, max_iter=args.max_iter,
+    r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.solver, tol=args.tol, max_iter=args.max_iter,
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
                 density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed,
                 bottom_k=args.bottom_k, per_block=args.per_block, sample_batches=args.sample_batches,
@@ -131,6 +138,6 @@ def run_study(args) -> int:
     started = time.time()
     reports = study(args.out, protocol=args.protocol, methods=args.methods, preset=args.preset, sizes=args.sizes,
                     data=args.data, config=args.config, device=args.device, threads=args.threads, figures=args.figures,
-                    seeds=args.seeds, checkpoints=args.checkpoints)
+                    seeds=args.seeds, checkpoints=args.checkpoints, keep_checkpoints=args.keep_checkpoints)
     print(f"study finished in {time.time() - started:.0f} s; report: {', '.join(str(r) for r in reports)}")
     return 0

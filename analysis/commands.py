@@ -14,7 +14,8 @@ from pathlib import Path
 
 from analysis import hessian as hs
 from analysis.results import ConflictResult, HessianResult
-from landscape.commands import check_positive, frames_spec, set_threads
+from landscape.commands import check_positive, frames_spec, set_threads, warn_unsettled
+from training.presets import resolved
 from training.errors import FaslandError
 
 PROBE_DEFAULTS = {"data": None, "max_samples": 256, "batch_size": 256, "device": "auto", "threads": None, "frames_per_video": 1}
@@ -66,6 +67,7 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
     from landscape import mpi
     from training.checkpoint import load_model
     from training.device import pick_device
+    from training.presets import resolved_root
     from training.probe import load_probe
 
     w = mpi_world()
@@ -92,8 +94,10 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
 
     mpi.on_root(w.comm, load_data)          # rank 0 alone first: it fills the data cache
     mpi.on_every_rank(w.comm, load_data)
-    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": data} if data else {})},
-                 "max_samples": max_samples, "batch_size": batch_size, **frames_spec(frames_per_video),
+    if w.rank == 0:
+        warn_unsettled(command, probe, model, ckpt.get("metrics"))
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
+                 "max_samples": max_samples, "batch_size": batch_size, **frames_spec(frames_per_video), "bn": probe.bn,
                  "sources": list(probe.sources), "target": probe.target,
                  "samples": {d: int(len(y)) for d, (_, y) in probe.domains.items()}}
     return w, dev, model, ckpt, probe, data_spec
@@ -148,7 +152,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     previous = w.agree(previous if previous is not None and previous.key == key else None)
     result = HessianResult(
         method=ckpt["config"].get("method"), checkpoint=str(checkpoint), key=key,
-        provenance={"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
+        provenance={"checkpoint": resolved(checkpoint), "checkpoint_sha256": sha, "epoch": ckpt.get("epoch"),
                     "data": data_spec, "seed": seed, "hvp": hvp, "mpi_ranks": w.size, "device": str(dev),
                     "versions": versions()})
     eig = {"top_k": top_k, "method": solver, "tol": tol, "max_iter": max_iter, "seed": seed}
@@ -366,7 +370,7 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     k = len(probe.sources)
     checkpoint = None if checkpoint is None else str(checkpoint)
     result = ConflictResult(method=ckpt["config"].get("method"), checkpoint=checkpoint, key=key,
-                            provenance={"checkpoint": checkpoint, "data": data_spec, "settings": s, "mpi_ranks": w.size,
+                            provenance={"checkpoint": checkpoint and resolved(checkpoint), "data": data_spec, "settings": s, "mpi_ranks": w.size,
                                         "device": str(dev), "versions": versions()},
                             domains=list(probe.sources))
 

@@ -4,7 +4,7 @@ at SAM's ascent point and at each domain's GAC-FAS ascent point θ_i.
 With G_i = ∇L(θ; S_i) (the gradient of domain i's mean loss):
   cosines   C_ij = ⟨G_i, G_j⟩ / (‖G_i‖ ‖G_j‖)                 (k × k)
   conflict  mean over pairs i < j of max(0, −C_ij)            (0: no pair points against another)
-  ∇L(θ; S) = (1/k) Σ_i G_i                                     (DESIGN §1)
+  ∇L(θ; S) = (1/k) Σ_i G_i                                     (docs/ARCHITECTURE.md, "The science")
 SAM's ascent point θ + ε and GAC-FAS's θ_i = θ + ε_i come from the trainers' own functions
 (`sam_perturbation`, `gacfas_perturbations`), fed these gradients. At every point the k per-domain
 gradients are taken again; at the θ_i also the "generalization gradients" ∇L(θ_i; S), their k × k

@@ -31,7 +31,7 @@ WIDTH_DELTA = 0.1   # surface width is measured where train loss ≤ f(0) + 0.1
 
 def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: str = "demo", sizes=None, data=None,
           config=None, device: str = "auto", threads: int | None = None, figures=None, seeds=None,
-          checkpoints=None) -> list[Path]:
+          checkpoints=None, keep_checkpoints: int | None = None) -> list[Path]:
     """Train each method of `methods` (a comma-separated string or a list) on `protocol` ('all': the four
     leave-one-out protocols, each in out/<protocol>), then surfaces, Hessian, conflicts, views and a report.
     sizes: the preset's analysis sizes overridden ('KEY=VALUE,…' or a dict; see analysis.sizes.SETTINGS).
@@ -39,7 +39,8 @@ def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: st
     out/seed_S/<method>/ and out/report.md with mean ± std across seeds. Returns the report.md of each protocol.
     checkpoints: 'NAME=CKPT,…' (or a dict): analyse these models instead (no training, `methods` unused; the
     protocol is theirs), each in out/NAME/ without the trajectory's PCA plane.
-    protocol: default ICM2O."""
+    keep_checkpoints=N: each run keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last
+    always). protocol: default ICM2O."""
     from training.data.protocols import PROTOCOLS
 
     given = {}
@@ -64,7 +65,8 @@ def study(out, protocol: str | None = None, methods="erm,sam,gacfas", preset: st
     settings = parse_sizes(sizes, SETTINGS[preset])
     seeds = parse_seeds(seeds)
     out = Path(out)
-    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures}
+    options = {"data": data, "config": config, "device": device, "threads": threads, "figures": figures,
+               "keep_checkpoints": keep_checkpoints}
     reports = []
     for p in protocols:
         where = out / p if len(protocols) > 1 else out
@@ -126,7 +128,7 @@ class Study:
                  seed: int | None = None, checkpoints: dict | None = None):
         self.given = checkpoints or {}    # {name: checkpoint} of models the user brings: not trained, no trajectory
         self.protocol, self.methods, self.preset, self.s, self.out = protocol, methods, preset, settings, out
-        self.options = options      # data, config, device, threads, figures
+        self.options = options      # data, config, device, threads, figures, keep_checkpoints
         self.seed = seed            # the training seed (None: the preset's)
         self.device = {"device": options["device"], "threads": options["threads"]}
         self.views = out / "views"
@@ -162,7 +164,8 @@ class Study:
 
         self.say(f"train {LABELS[m]}")
         metrics = train(self.protocol, m, self.run_dir(m), preset=self.preset, data=self.options["data"],
-                        config=self.options["config"], seed=self.seed, **self.device)
+                        config=self.options["config"], seed=self.seed,
+                        keep_checkpoints=self.options.get("keep_checkpoints"), **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
     def evaluate(self, m: str) -> None:
@@ -191,11 +194,11 @@ class Study:
             return
         dirs = d / "pca.dirs.h5"
         if not dirs.exists():
-            from landscape.directions import pca_directions, save_directions, trajectory_checkpoints
+            from landscape.directions import pca_directions, save_directions
             from training.checkpoint import load_model
 
             model, _ = load_model(self.ckpt(m))
-            save_directions(dirs, pca_directions(model, trajectory_checkpoints(d)))
+            save_directions(dirs, pca_directions(model, d))
         with h5py.File(dirs, "r") as f:
             px, py = np.asarray(f["proj_xcoord"]), np.asarray(f["proj_ycoord"])
         n = self.s["pca_points"]
@@ -308,6 +311,44 @@ class Study:
             rows.append(row)
         return rows
 
+    def config_of(self, m: str) -> dict:
+        """The run config of method m: its run's config.yaml, or the brought checkpoint's own."""
+        if m in self.given:
+            from training.checkpoint import load_checkpoint
+
+            return load_checkpoint(self.given[m])["config"]
+        import yaml
+
+        return yaml.safe_load((self.run_dir(m) / "config.yaml").read_text()) or {}
+
+    def header(self) -> list[str]:
+        """Where the numbers come from, one line each: the data root, the preset and every override (training
+        config keys that differ from the preset's, analysis sizes that differ from the preset's), the device and
+        threads, the versions."""
+        import torch
+
+        from training.device import pick_device
+        from training.presets import make_config
+        from training.provenance import versions
+
+        overrides = {}
+        for m in self.methods:
+            if m not in self.given:
+                overrides.update(differences(self.config_of(m), make_config(self.protocol, m, self.preset)))
+        data = self.config_of(self.methods[0]).get("data", {})
+        root = data.get("root", "synth")
+        where = (f"SynthFAS (embedded, version {data.get('synth_version', '?')}, seed {data.get('seed', 0)})" if root == "synth"
+                 else f"{Path(root).resolve()}")
+        sizes = {k: v for k, v in self.s.items() if SETTINGS[self.preset].get(k) != v}
+        threads = self.options["threads"] or torch.get_num_threads()
+        brought = [f"models brought: " + ", ".join(f"{n} = {Path(c).resolve()}" for n, c in self.given.items())] if self.given else []
+        return [f"data: {where}, {data.get('image_size', '?')} px", *brought,
+                f"preset: {self.preset}; training overrides: "
+                + (", ".join(f"{k} = {v}" for k, v in sorted(overrides.items())) or "none")
+                + "; analysis sizes: " + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "the preset's"),
+                f"device: {pick_device(self.options['device'])}, {threads} torch threads",
+                "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
+
     def report(self) -> Path:
         from training.checkpoint import atomic_write
 
@@ -336,7 +377,9 @@ class Study:
         pages = [n for n in ("surfaces_2d.html", "curves_1d.html", "trajectory_pca.html", "hessian.html", "conflicts.html")
                  if (self.views / n).exists()]
         seed = "" if self.seed is None else f", training seed {self.seed}"
-        md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n{table}\n" + INTERVALS_NOTE +
+        header = self.header()
+        md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n" + "".join(f"- {l}\n" for l in header)
+              + f"\n{table}\n" + INTERVALS_NOTE +
               "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients (0 whenever no pair points "
               "against another: the mean and minimum pairwise cosine beside it say how aligned the domains are); width = "
               f"length of the 1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0); λ_min the "
@@ -345,7 +388,7 @@ class Study:
               "of its own Hessian block; a value whose error bound exceeds it is marked undetermined.\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
               + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
-        html = report_html(self.protocol, self.preset, table, figures, pages)
+        html = report_html(self.protocol, self.preset, table, figures, pages, header)
         atomic_write(self.out / "report.md", lambda tmp: tmp.write_text(md))
         atomic_write(self.out / "report.html", lambda tmp: tmp.write_text(html))
         print(table)
@@ -388,9 +431,11 @@ def seeds_report(studies: list[Study], out: Path) -> Path:
     table += (f"\nEach seed (95% intervals):\n\n| seed | method | {labels} |\n|---|---|" + "---|" * len(HEADLINE) + "\n"
               + "".join(f"| {seed} | {r['method']} | " + " | ".join(cell(r[k], r["ci"].get(k), kind) for k, _, kind in HEADLINE) + " |\n"
                         for seed, rows in per_seed for r in rows))
-    md = (f"# fasland study: {first.protocol} ({first.preset} preset), seeds {seeds}\n\n{table}\n" + INTERVALS_NOTE
+    header = first.header()
+    md = (f"# fasland study: {first.protocol} ({first.preset} preset), seeds {seeds}\n\n" + "".join(f"- {l}\n" for l in header)
+          + f"\n{table}\n" + INTERVALS_NOTE
           + "Each seed's surfaces, spectra, conflicts and views: " + ", ".join(f"[seed {st.seed}]({st.out.name}/report.md)" for st in studies) + "\n")
-    html = report_html(first.protocol, first.preset, table, [], [])
+    html = report_html(first.protocol, first.preset, table, [], [], header)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(md))
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
     print(table)
@@ -563,8 +608,20 @@ def width_text(w) -> str:
     return f"≥ {value:.3g}" if open_ended else f"{value:.3g}"
 
 
-def report_html(protocol: str, preset: str, table_md: str, figures, pages) -> str:
-    """The report as one HTML page (the table converted from its markdown, figures beside it)."""
+def differences(run: dict, preset: dict, prefix: str = "") -> dict:
+    """{'section.key': value} wherever the run's config differs from the preset's (keys the preset lacks too)."""
+    out = {}
+    for k, v in run.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(preset.get(k), dict):
+            out.update(differences(v, preset[k], name + "."))
+        elif k not in preset or preset[k] != v:
+            out[name] = v
+    return out
+
+
+def report_html(protocol: str, preset: str, table_md: str, figures, pages, header=()) -> str:
+    """The report as one HTML page (its header lines, the table converted from its markdown, figures beside it)."""
     import html
 
     blocks, current = [], []
@@ -586,7 +643,8 @@ def report_html(protocol: str, preset: str, table_md: str, figures, pages) -> st
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fasland study {protocol}</title><style>"
             "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}figure{margin:1em 0}</style></head>"
-            f"<body><h1>fasland study: {protocol} ({preset} preset)</h1>{tables}"
+            f"<body><h1>fasland study: {protocol} ({preset} preset)</h1>"
+            + ("<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in header) + "</ul>" if header else "") + f"{tables}"
             "<p>Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the "
             f"1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).</p>"
             f"<p>Interactive pages: {links}</p>{figs}</body></html>")

@@ -32,7 +32,20 @@ def parser() -> argparse.ArgumentParser:
         if module not in registered:
             importlib.import_module(module).register(sub)
             registered.add(module)
+    show_defaults(p)
     return p
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option's default in its --help, unless it is None/False (nothing given) or the help says it."""
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in a.choices.values():
+                show_defaults(child)
+        elif a.option_strings and a.help is not argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS) \
+                and "default" not in (a.help or ""):
+            shown = " ".join(map(str, a.default)) if isinstance(a.default, (list, tuple)) else a.default
+            a.help = f"{a.help} (default: {shown})" if a.help else f"default: {shown}"
 
 
 def keep_freed_memory() -> None:

@@ -67,6 +67,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
     from landscape.surface import check_evaluation, compute_surface
     from training.checkpoint import file_hash, load_model
     from training.device import pick_device
+    from training.presets import resolved, resolved_root
     from training.probe import load_probe
 
     comm = mpi.world()
@@ -88,10 +89,10 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
         config = ckpt["config"]
         if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
             raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
-        return xcoords, ycoords, dev, model, config
+        return xcoords, ycoords, dev, model, config, ckpt.get("metrics")
 
-    xcoords, ycoords, dev, model, config = mpi.on_every_rank(comm, setup)
-    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": data} if data else {})},
+    xcoords, ycoords, dev, model, config, run_metrics = mpi.on_every_rank(comm, setup)
+    data_spec = {"protocol": config["protocol"], "data": {**config["data"], **({"root": resolved_root(data)} if data else {})},
                  "max_samples": max_samples, **frames_spec(frames_per_video)}
     probe = None
 
@@ -103,12 +104,13 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
 
         recipe = directions_recipe(sources, y is not None, dir_type, xnorm, xignore, ynorm, yignore, orthogonalize, seed,
                                    hessian_tol)
-        provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_hash(checkpoint),
+        provenance = {"checkpoint": resolved(checkpoint), "checkpoint_sha256": file_hash(checkpoint),
                       "method": str(config.get("method", "")), "protocol": str(config["protocol"]),
-                      "directions": recipe, "data": data_spec, "dir_file": str(dirs_path)}
+                      "directions": recipe, "data": data_spec, "dir_file": resolved(dirs_path)}
         if out.is_file():
             check_same_surface(read_store(out), SurfaceStore(out, xcoords, ycoords, provenance))
         probe = load_probe(config, dev, max_samples, batch_size, data=data, frames_per_video=frames_per_video)
+        warn_unsettled("surface", probe, model, run_metrics)
         ensure_directions(model, recipe, provenance["checkpoint_sha256"], dirs_path, sources, probe)
         provenance["data_sha256"] = data_fingerprint(probe)
         return provenance
@@ -156,6 +158,17 @@ def axis(spec, flag: str):
     if coords.size == 0 or not np.all(np.isfinite(coords)):
         raise FaslandError(f"{flag} needs at least one finite coordinate; pass MIN:MAX:N such as -1:1:51")
     return coords
+
+
+def warn_unsettled(command: str, probe, model, run_metrics) -> None:
+    """Say so on stderr when θ's BatchNorm running statistics have not settled (training.probe.unsettled_batchnorm)."""
+    import sys
+
+    from training.probe import unsettled_batchnorm
+
+    warning = unsettled_batchnorm(probe, model, run_metrics)
+    if warning:
+        print(f"fasland {command}: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def data_fingerprint(probe) -> str:

@@ -1,4 +1,4 @@
-"""The surface file (DESIGN §3): HDF5 the reference loss-landscape scripts read, and its one reader.
+"""The surface file (docs/ARCHITECTURE.md, "File formats"): HDF5 the reference loss-landscape scripts read, and its one reader.
 
 Datasets: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; every metric of the probe (train_loss,
 train_acc, test_loss, test_acc, test_hter, test_auc, loss_<D>, acc_<D>) and a `done` mask (uint8), each
@@ -318,7 +318,7 @@ def check_same_surface(old: SurfaceStore, new: SurfaceStore) -> None:
     for key, what in IDENTITY.items():
         a, b = old.provenance.get(key), attr_value(new.provenance.get(key))
         if key in new.provenance and a != b:
-            raise FaslandError(f"'{path}' was made with another {what} ({short(a)} vs {short(b)}); pass a new --out or delete the file to start over")
+            raise FaslandError(f"'{path}' was made with another {what} ({difference(a, b)}); pass a new --out or delete the file to start over")
 
 
 def _same(a, b) -> bool:
@@ -330,6 +330,14 @@ def describe_grid(s: SurfaceStore) -> str:
     return " x ".join(f"{a[0]:g}:{a[-1]:g}:{len(a)}" for a in axes)
 
 
-def short(v, n: int = 60) -> str:
-    v = str(v)
-    return v if len(v) <= n else v[:n] + "…"
+def difference(old, new) -> str:
+    """Every differing key of two JSON attributes with its old and new value ('a.b 1 → 2; …'), else 'OLD → NEW'."""
+    from training.presets import config_differences
+
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        return "; ".join(config_differences(a, b))
+    return f"{old!r} → {new!r}"

@@ -45,6 +45,9 @@ def parse_axis(spec: str, flag: str = "--x") -> np.ndarray:
         raise FaslandError(f"grid spec '{flag} {spec}' has a MIN or MAX that is not finite; {hint}")
     if n <= 0:
         raise FaslandError(f"grid spec '{flag} {spec}' asks for {n} points; N must be at least 1, {hint}")
+    if n == 1 and lo != hi:
+        raise FaslandError(f"grid spec '{flag} {spec}' asks for 1 point between two different ends; for one point pass MIN = MAX "
+                           f"(e.g. {flag} {parts[0]}:{parts[0]}:1), else N ≥ 2")
     if n > 1 and not lo < hi:
         raise FaslandError(f"grid spec '{flag} {spec}' has MIN ≥ MAX; {hint}")
     return np.linspace(lo, hi, n)
@@ -227,7 +230,7 @@ def compute_surface(model: nn.Module, probe, directions: Directions, xcoords, yc
         bn_state = BatchNormState(model) if bn == "recompute" else None
         if mpi.rank(comm) == 0 and progress:
             from tqdm import tqdm
-            bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="pt", dynamic_ncols=True)
+            bar = tqdm(total=grid.size, initial=grid.size - len(todo), desc="surface", unit="point", dynamic_ncols=True)
 
         def evaluate_point(k):
             plane.move_to(*grid.point(k))

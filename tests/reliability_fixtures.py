@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -250,3 +251,18 @@ def datasets(path) -> dict:
         f.visititems(visit)
     return out
 
+
+def write_dataset(root: Path, kinds=("live", "spoof"), skip=None, label_word=True, corrupt=None):
+    """A real-layout dataset: one 8×8 frame per video, one video per kind, per domain and split."""
+    from PIL import Image
+
+    for dom in ("replay", "oulu", "casia", "msu"):
+        for split in ("train", "test"):
+            for kind in kinds:
+                if skip and (dom, split, kind) == skip:
+                    continue
+                d = root / dom / split / (kind if label_word else "") / ("v1" if label_word else f"v1_{kind[:2]}")
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((8, 8, 3), 60 if kind == "live" else 180, np.uint8)).save(d / "crop_0.jpg")
+    if corrupt:
+        (root / corrupt).write_bytes(b"not a jpeg")

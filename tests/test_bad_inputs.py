@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from reliability_fixtures import CONFIG, TINY_TRAIN, cli, full_disk, make_checkpoint, write_tiny_config
+from reliability_fixtures import CONFIG, TINY_TRAIN, cli, full_disk, make_checkpoint, write_dataset, write_tiny_config
 
 SURF = ["--max-samples", "4", "--batch-size", "16", "--threads", "1"]
 TRAIN = ["train", "--protocol", "ICM2O", "--method", "erm", "--image-size", "32", "--threads", "1"]
@@ -69,7 +69,14 @@ CASES = [
     # ---- train: where it writes
     Case("train-out-under-a-file", TRAIN + ["--config", "{d}/tiny.yaml", "--out", "{d}/file/run"], ["{d}/file/run"]),
     Case("train-out-read-only", TRAIN + ["--config", "{d}/tiny.yaml", "--out", READ_ONLY + "/run"], [READ_ONLY + "/run"]),
-    Case("train-out-holds-another-run", TRAIN + ["--config", "{d}/tiny.yaml", "--seed", "3", "--out", "{d}/run"], ["{d}/run"]),
+    Case("train-out-holds-another-run", TRAIN + ["--config", "{d}/tiny.yaml", "--seed", "3", "--out", "{d}/run"],
+         ["{d}/run", "train.seed 0 → 3"]),
+    Case("train-out-holds-a-longer-run", TRAIN + ["--config", "{d}/tiny.yaml", "--epochs", "2", "--out", "{d}/longrun"],
+         ["{d}/longrun", "3 epochs", "--epochs 3"]),
+    Case("train-sam-only-warming", ["train", "--protocol", "ICM2O", "--method", "sam", "--image-size", "32", "--config",
+                                    "{d}/tiny.yaml", "--epochs", "1", "--out", "{t}/r"], ["--method sam", "train.minimizer_warming = 1"]),
+    Case("train-keep-checkpoints-zero", TRAIN + ["--config", "{d}/tiny.yaml", "--keep-checkpoints", "0", "--out", "{t}/r"],
+         ["train.save_every = 0 (--keep-checkpoints)"]),
     Case("train-full-disk", TRAIN + ["--config", "{d}/tiny.yaml", "--out", "{t}/r"], ["{t}/r/"], fsize=1 << 20),
     Case("train-resume-state-pickled", TRAIN + ["--config", "{d}/tiny.yaml", "--out", "{d}/evilrun"],
          ["{d}/evilrun/resume.pt", "pickled"]),
@@ -79,6 +86,7 @@ CASES = [
     Case("surface-grid-two-fields", surface(x="1:2"), ["1:2"]),
     Case("surface-grid-negative-points", surface("--y", "0:1:-2"), ["0:1:-2"]),
     Case("surface-grid-min-not-below-max", surface(x="1:1:3"), ["1:1:3"]),
+    Case("surface-grid-one-point-two-ends", surface(x="0:1:1"), ["0:1:1", "MIN = MAX"]),
     Case("surface-grid-infinite", surface(x="0:inf:3"), ["0:inf:3"]),
     Case("surface-zero-max-samples", surface("--max-samples", "0"), ["--max-samples 0"]),
     Case("surface-negative-batch-size", surface("--batch-size", "-4"), ["--batch-size -4"]),
@@ -105,6 +113,7 @@ CASES = [
     Case("out-h5-not-ours", surface(out="{d}/notours.h5"), ["{d}/notours.h5"]),
     Case("out-not-hdf5", surface(out="{d}/text.h5"), ["{d}/text.h5"]),
     Case("out-other-directions", surface("--seed", "1", out="{d}/done.h5"), ["{d}/done.h5", "directions"]),
+    Case("out-other-data-spec", surface("--max-samples", "3", out="{d}/done.h5"), ["{d}/done.h5", "max_samples 4 → 3"]),
     Case("out-other-grid", surface(x="-1:1:3", out="{d}/done.h5"), ["{d}/done.h5", "grid"]),
     Case("out-other-checkpoint", surface(ck="{d}/c2.pt", out="{d}/done.h5"), ["{d}/done.h5", "checkpoint"]),
     Case("out-is-a-folder", surface(out="{d}/empty"), ["{d}/empty"]),
@@ -121,6 +130,7 @@ CASES = [
     Case("dir-file-pickled-bytes", surface("--dir-file", "{d}/dirs_pickle.h5"), ["{d}/dirs_pickle.h5"]),
     Case("dir-file-1d-with-y", surface("--y", "-1:1:2", "--dir-file", "{d}/done.dirs.h5"), ["{d}/done.dirs.h5", "--y"]),
     Case("surface-data-missing", surface("--data", "{d}/nodata"), ["{d}/nodata"]),
+    Case("surface-data-root-gone", surface(ck="{d}/real_gone.pt"), ["{d}/gone", "--data DIR"]),
     # ---- export
     Case("export-missing", ["export", "png", "{d}/nope.h5", "--out", "{t}/f.png"], ["{d}/nope.h5"]),
     Case("export-h5-not-ours", ["export", "vtk", "{d}/notours.h5", "--out", "{t}/v"], ["{d}/notours.h5"]),
@@ -138,6 +148,8 @@ CASES = [
     Case("export-png-out-read-only", ["export", "png", "{d}/done.h5", "--out", READ_ONLY + "/f.png"], [READ_ONLY + "/f.png"]),
     # ---- hessian and conflicts
     Case("hessian-zero-top-k", hessian("--top-k", "0"), ["--top-k 0"]),
+    Case("hessian-unknown-solver", hessian("--solver", "arnoldi"), ["--solver", "'arnoldi'", "lanczos"]),
+    Case("hessian-old-solver-flag-checked-too", hessian("--method", "arnoldi"), ["'arnoldi'", "lanczos"]),
     Case("hessian-negative-tol", hessian("--tol", "-1"), ["--tol -1"]),
     Case("hessian-one-trace-sample", hessian("--trace", "--trace-samples", "1"), ["--trace-samples 1"]),
     Case("hessian-zero-max-samples", hessian("--max-samples", "0"), ["--max-samples 0"]),
@@ -183,6 +195,8 @@ CASES = [
          ["PR2CW", "{d}/empty", "attack labels"]),
     # ---- study
     Case("study-unknown-method", ["study", "--methods", "erm,adam", "--out", "{t}/st"], ["adam"]),
+    Case("study-keep-checkpoints-zero", ["study", "--methods", "erm", "--keep-checkpoints", "0", "--out", "{t}/st"],
+         ["train.save_every = 0 (--keep-checkpoints)"]),
     Case("study-unknown-protocol", ["study", "--protocol", "XYZ", "--out", "{t}/st"], ["'XYZ'"]),
 ]
 
@@ -195,20 +209,6 @@ class Evil:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def write_dataset(root: Path, kinds=("live", "spoof"), skip=None, label_word=True, corrupt=None):
-    """A real-layout dataset: one 8×8 frame per video, one video per kind, per domain and split."""
-    for dom in ("replay", "oulu", "casia", "msu"):
-        for split in ("train", "test"):
-            for kind in kinds:
-                if skip and (dom, split, kind) == skip:
-                    continue
-                d = root / dom / split / (kind if label_word else "") / ("v1" if label_word else f"v1_{kind[:2]}")
-                d.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.full((8, 8, 3), 60 if kind == "live" else 180, np.uint8)).save(d / "crop_0.jpg")
-    if corrupt:
-        (root / corrupt).write_bytes(b"not a jpeg")
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +274,12 @@ def workspace(tmp_path_factory):
     (d / "run" / "checkpoint.pt").write_bytes(data)
     (d / "run" / "metrics.json").write_text('{"final": null}')
     (d / "evilrun" / "resume.pt").write_bytes((d / "evil.pt").read_bytes())
+    longer = make_config("ICM2O", "erm", "demo", TINY_TRAIN, {"data": {"image_size": 32}, "train": {"epochs": 3}})
+    (d / "longrun").mkdir()
+    (d / "longrun" / "config.yaml").write_text(yaml.safe_dump(longer, sort_keys=False))
+    torch.save({**torch.load(ck, weights_only=True), "config": longer, "epoch": 3}, d / "longrun" / "checkpoint.pt")
+    (d / "longrun" / "metrics.json").write_text('{"final": null}')
+    make_checkpoint(d / "real_gone.pt", config={**CONFIG, "data": {**CONFIG["data"], "root": str(d / "gone")}})
 
     # an existing surface and its directions
     r = cli([a.format(d=d) for a in surface(out="{d}/done.h5")])

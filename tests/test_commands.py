@@ -112,8 +112,13 @@ def test_study_function_runs_without_argv(tmp_path, monkeypatch):
     [report] = study(tmp_path / "st", methods=["erm"], sizes=sizes, config=config, threads=1)
     assert report == tmp_path / "st" / "report.md"
     h = json.loads((tmp_path / "st" / "erm" / "hessian.json").read_text())
-    row = next(l for l in report.read_text().splitlines() if l.startswith("| ERM |"))
+    text = report.read_text()
+    row = next(l for l in text.splitlines() if l.startswith("| ERM |"))
     assert f"{h['eigenvalues'][0]:.4g}" in row
+    # the header names the data, the preset and every override, the device and threads, the versions
+    for words in ("- data: SynthFAS", "- preset: demo", "train.epochs = 2", "train.steps_per_epoch = 3", "pca_points=2",
+                  "- device: cpu, 1 torch threads", "- versions: fasland", "torch "):
+        assert words in text, words
 
 
 def test_entry_point_and_parsers_import_nothing_heavy():
@@ -123,3 +128,49 @@ def test_entry_point_and_parsers_import_nothing_heavy():
     assert r.stdout.strip() == "[]"
     found = subprocess.run(["grep", "-rn", "cli([", str(ROOT / "analysis")], capture_output=True, text=True)
     assert found.stdout == ""
+
+
+@pytest.mark.parametrize("argv, function", [
+    (["hessian", "--checkpoint", "c.pt", "--out", "h.json"], "analysis.commands:hessian"),
+    (["conflicts", "--out", "c.json"], "analysis.commands:conflicts"),
+    (["surface", "--checkpoint", "c.pt", "--x", "0:1:2", "--out", "s.h5"], "landscape.commands:surface"),
+    (["study", "--out", "st"], "analysis.study:study"),
+    (["train", "--protocol", "ICM2O", "--method", "erm", "--out", "r"], "training.commands:train"),
+])
+def test_each_flag_defaults_to_its_functions_default(argv, function):
+    """One set of defaults: the CLI's is the function's, wherever the flag names a parameter."""
+    import importlib
+    import inspect
+
+    from fasland.cli import parser
+
+    module, name = function.split(":")
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    args = vars(parser().parse_args(argv))
+    given = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    checked = [k for k in args if k in params and k not in given and params[k].default is not inspect.Parameter.empty]
+    assert len(checked) >= 4
+    for k in checked:
+        assert args[k] == params[k].default, k
+
+
+def test_help_lists_choices_and_defaults_and_keeps_the_old_solver_flag(capsys):
+    from fasland.cli import parser
+
+    help_of = {}
+    for cmd in ("train", "hessian", "conflicts"):
+        with pytest.raises(SystemExit):
+            parser().parse_args([cmd, "--help"])
+        help_of[cmd] = " ".join(capsys.readouterr().out.split())
+    assert "--preset {demo,paper}" in help_of["train"] and "--method {erm,sam,gacfas,rfm}" in help_of["train"]
+    assert "--solver {lanczos,power}" in help_of["hessian"] and "--method" not in help_of["hessian"]
+    assert "(default: 100)" in help_of["hessian"] and "(default: both)" in help_of["conflicts"]
+    assert parser().parse_args(["hessian", "--checkpoint", "c", "--method", "power", "--out", "h"]).solver == "power"
+
+
+def test_choice_names_equal_their_registries():
+    from training.algorithms import ALGORITHMS
+    from training.names import METHODS, PRESETS
+    from training.presets import PRESETS as RECIPES
+
+    assert set(METHODS) == set(ALGORITHMS) and set(PRESETS) == set(RECIPES)

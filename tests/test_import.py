@@ -165,3 +165,22 @@ def test_a_pickled_os_system_runs_nothing(tmp_path):
     r = cli(["import", "--format", "torchvision", "--checkpoint", tmp_path / "evil.pth", "--protocol", "ICM2O", "--out", tmp_path / "c.pt"])
     assert r.code == 2 and "nothing was run" in r.err
     assert not marker.exists() and not (tmp_path / "c.pt").exists()
+
+
+def test_preprocessing_is_recorded_and_applied_per_batch(tmp_path):
+    from training.data import normalize
+
+    src = fx.settle(fx.SafasResnet18(), SIZE)
+    fx.save_safas(tmp_path / "s.pth", src, image_size=SIZE)
+    ckpt = torch.load(tmp_path / "s.pth", weights_only=False)
+    ckpt["args"].pretrain = "none"                    # SA-FAS then normalizes with mean = std = 0.5
+    torch.save(ckpt, tmp_path / "s.pth")
+    c = import_checkpoint("safas", tmp_path / "s.pth", tmp_path / "c.pt")["config"]
+    assert (c["protocol"], c["data"]["normalize"], c["data"]["image_size"]) == ("ICM2O", "minus-one-one", SIZE)
+    probe = load_probe(c, max_samples=4)
+    x8, _ = probe.domains["O"]
+    assert x8.dtype == torch.uint8
+    torch.testing.assert_close(probe.batches("O")[0][0], x8.float() / 127.5 - 1, rtol=0, atol=1e-6)
+    assert torch.equal(normalize(x8, "none"), x8.float() / 255)
+    with pytest.raises(FaslandError, match="--normalize"):
+        import_checkpoint("safas", tmp_path / "s.pth", tmp_path / "c.pt", normalize="zscore")

@@ -87,12 +87,13 @@ def test_another_config_in_the_same_folder_is_refused(tmp_path):
 
 def test_a_run_on_older_synthfas_images_is_refused_not_reused(tmp_path):
     from training.data import synth
-    from training.trainer import prepare_run_dir
+    from training.trainer import prepare_run_dir, write_run_config
     config = tiny()
     assert config["data"]["synth_version"] == synth.VERSION
     older = json.loads(json.dumps(config))
     older["data"]["synth_version"] = synth.VERSION - 1
     prepare_run_dir(tmp_path / "run", older)
-    with pytest.raises(FaslandError, match="differs in data"):
+    write_run_config(tmp_path / "run", older)
+    with pytest.raises(FaslandError, match=f"data.synth_version {synth.VERSION - 1} → {synth.VERSION}"):
         prepare_run_dir(tmp_path / "run", config)
     assert "synth_version" not in make_config("ICM2O", "erm", "demo", {"data": {"root": str(tmp_path)}})["data"]

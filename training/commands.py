@@ -20,8 +20,8 @@ def read_yaml(path) -> dict:
 
 
 def run_config(protocol: str, method: str, preset: str = "demo", config=None, data=None, image_size=None, epochs=None,
-               seed=None, pretrained=None) -> dict:
-    """The preset, then the `config` YAML file (a path) or dict, then the single values."""
+               seed=None, pretrained=None, keep_checkpoints=None) -> dict:
+    """The preset, then the `config` YAML file (a path) or dict, then the single values; paths stored resolved."""
     from training.data.protocols import check_protocol_data, parse_protocol
 
     parse_protocol(protocol)          # before the heavy imports: a mistyped protocol answers at once
@@ -30,7 +30,8 @@ def run_config(protocol: str, method: str, preset: str = "demo", config=None, da
     overrides = (read_yaml(config) if not isinstance(config, dict) else config) if config else {}
     flags = {}
     for value, section, key in ((data, "data", "root"), (image_size, "data", "image_size"), (epochs, "train", "epochs"),
-                                (seed, "train", "seed"), (pretrained, "model", "pretrained")):
+                                (seed, "train", "seed"), (pretrained, "model", "pretrained"),
+                                (keep_checkpoints, "train", "save_every")):
         if value is not None:
             flags.setdefault(section, {})[key] = value
     made = make_config(protocol, method, preset, overrides, flags)
@@ -39,10 +40,12 @@ def run_config(protocol: str, method: str, preset: str = "demo", config=None, da
 
 
 def train(protocol: str, method: str, out, *, preset: str = "demo", config=None, data=None, image_size=None,
-          epochs=None, seed=None, pretrained=None, device: str = "auto", threads: int | None = None) -> dict:
+          epochs=None, seed=None, pretrained=None, keep_checkpoints=None, device: str = "auto",
+          threads: int | None = None) -> dict:
     """Train `method` on the protocol's source domains into the run directory `out` (resumed from its last
-    epoch when rerun); returns its metrics (metrics.json)."""
-    cfg = run_config(protocol, method, preset, config, data, image_size, epochs, seed, pretrained)
+    epoch when rerun, continued when `epochs` grew); returns its metrics (metrics.json). keep_checkpoints=N
+    keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last always)."""
+    cfg = run_config(protocol, method, preset, config, data, image_size, epochs, seed, pretrained, keep_checkpoints)
     import torch
 
     from training.device import pick_device
@@ -50,7 +53,15 @@ def train(protocol: str, method: str, out, *, preset: str = "demo", config=None,
 
     if threads:
         torch.set_num_threads(threads)
-    return train_run(cfg, out, pick_device(device))
+    return train_run(cfg, out, pick_device(device), asked_rules=asks_for_rules(config))
+
+
+def asks_for_rules(config) -> bool:
+    """The user's config (YAML path or dict) sets the warming or head-only epochs itself: a method that then
+    never applies its own update does so because they asked (training.trainer.check_update_rules)."""
+    overrides = (read_yaml(config) if not isinstance(config, dict) else config) if config else {}
+    section = overrides.get("train")
+    return isinstance(section, dict) and bool({"minimizer_warming", "head_only_epochs"} & set(section))
 
 
 def train_summary(metrics: dict, method: str, protocol: str, out) -> str:

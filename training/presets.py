@@ -1,6 +1,7 @@
 """Run configurations as plain data: `demo` sized for a 2-core CPU, `paper` the GAC-FAS recipe.
 A preset's `hparams` only override the algorithm classes' HPARAMS (the one set of defaults)."""
 import copy
+from pathlib import Path
 
 from training.data.synth import VERSION as SYNTH_VERSION
 from training.errors import FaslandError
@@ -51,9 +52,31 @@ def make_config(protocol: str, method: str, preset: str = "demo", *overrides: di
     config["hparams"] = hparams(method, config)
     for o in overrides:
         merge(config, o or {})
+    resolve_paths(config)
     if config["data"]["root"] == "synth":   # a run on older SynthFAS images is another run
         config["data"]["synth_version"] = SYNTH_VERSION
     return config
+
+
+def resolve_paths(config: dict) -> dict:
+    """data.root (unless 'synth') and model.pretrained as resolved absolute paths: a run started from another
+    folder finds them, and one folder given relative or absolute is one configuration."""
+    d, m = config["data"], config["model"]
+    if isinstance(d.get("root"), str):
+        d["root"] = resolved_root(d["root"])
+    if isinstance(m.get("pretrained"), str):
+        m["pretrained"] = resolved(m["pretrained"])
+    return config
+
+
+def resolved(path) -> str:
+    """A path as stored in configs and provenance: absolute, symlinks and '..' resolved, '~' expanded."""
+    return str(Path(path).expanduser().resolve())
+
+
+def resolved_root(root: str) -> str:
+    """A data root as stored: 'synth' as it is, a folder resolved."""
+    return root if str(root) == "synth" else resolved(root)
 
 
 def merge(base: dict, overrides: dict, path: str = "") -> dict:
@@ -66,3 +89,24 @@ def merge(base: dict, overrides: dict, path: str = "") -> dict:
         else:
             base[k] = v
     return base
+
+
+def flatten(config: dict, prefix: tuple = ()) -> dict:
+    """{(section, key, …): value} of a nested config."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, ignore=frozenset()) -> list[str]:
+    """'section.key old → new' for every key whose value differs (a missing key shows as 'unset')."""
+    a, b = flatten(old or {}), flatten(new or {})
+    unset = object()
+    return [f"{'.'.join(map(str, k))} {'unset' if a.get(k, unset) is unset else repr(a[k])} → "
+            f"{'unset' if b.get(k, unset) is unset else repr(b[k])}"
+            for k in sorted(set(a) | set(b), key=lambda k: tuple(map(str, k)))
+            if k not in ignore and a.get(k, unset) != b.get(k, unset)]

@@ -86,7 +86,10 @@ class Probe:
     """domains: {name: (x, y)} with x uint8 images (normalized per batch by `normalization`, as the model was
     trained) or float images used as given; sources are averaged into `train_*`, the target gives `test_*`
     plus its HTER and AUC on the live score. loss: a Loss (default BCE at `logit_scale`). clients: {name: client
-    id per sample} (CPU), the unit of the bootstrap intervals; {} when unknown."""
+    id per sample} (CPU), the unit of the bootstrap intervals; {} when unknown. `bn` names the BatchNorm
+    mode of every metric: eval, θ's running statistics."""
+
+    bn = "eval"
 
     def __init__(self, domains: dict, sources, target=None, batch_size: int = 256, logit_scale: float = 1.0,
                  device="cpu", channels_last: bool = True, loss: Loss | None = None, normalization: str = "imagenet",
@@ -188,3 +191,27 @@ def load_probe(config: dict, device="cpu", max_samples: int | None = 256, batch_
     # unseen-attack protocols: each image's attack kind ('live' for live ones), for the AUC per held-out kind
     probe.kinds = kinds if config["protocol"] in UNSEEN_ATTACKS else {}
     return probe
+
+
+UNSETTLED_HTER = 0.3    # the run separated its sources at least this well
+
+
+def unsettled_batchnorm(probe: Probe, model: nn.Module, run_metrics) -> str | None:
+    """A warning when eval-mode accuracy at θ (acc_<D>, live score > 0) is no better than always guessing the
+    majority class in every source domain while the run's own evaluation (HTER at its equal-error threshold)
+    separated the sources: after few steps BatchNorm's running statistics still lag the weights and shift
+    every logit."""
+    final = run_metrics.get("final") if isinstance(run_metrics, dict) else None
+    sources = final.get("sources") if isinstance(final, dict) else None
+    trained = sources.get("hter") if isinstance(sources, dict) else None
+    if not isinstance(trained, (int, float)) or not trained <= UNSETTLED_HTER:
+        return None
+    m = probe(model)
+    live = {d: probe.domains[d][1].mean().item() for d in probe.sources}
+    if any(m[f"acc_{d}"] > max(live[d], 1 - live[d]) + 0.02 for d in probe.sources):
+        return None
+    accuracies = ", ".join(f"{d} {m['acc_' + d]:.2f}" for d in probe.sources)
+    return (f"eval-mode accuracy at θ (live score > 0) is at chance in every source domain ({accuracies}) while the run's own evaluation "
+            f"reached sources HTER {100 * trained:.1f}% (at its equal-error threshold): BatchNorm's running statistics "
+            f"have not settled (too few training steps), so losses and accuracies here describe eval mode, not "
+            f"training; train longer, or read HTER/AUC")

@@ -3,6 +3,7 @@ clients of the sources and on the target, the trajectory saved, every epoch resu
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
 from training.metrics import auc_by_kind, client_intervals, fas_metrics
 from training.model import build_model, load_pretrained
+from training.presets import config_differences
 from training.probe import load_probe
 
 
@@ -114,9 +116,16 @@ def evaluate(model, probe, intervals: bool = False) -> dict:
     return out
 
 
-def summarize(evaluations: list[dict], last: int) -> dict:
-    """final (the last evaluation), best (lowest target HTER) and mean ± std of the last `last` ones."""
-    out = {"evaluations": evaluations, "final": evaluations[-1] if evaluations else None}
+def without_intervals(evaluation: dict) -> dict:
+    """An evaluation as made before the final epoch: without the final one's bootstrap intervals."""
+    return {k: ({n: v for n, v in part.items() if n != "interval"} if isinstance(part, dict) else part)
+            for k, part in evaluation.items()}
+
+
+def summarize(evaluations: list[dict], last: int, rules: list[str] | None = None) -> dict:
+    """final (the last evaluation), best (lowest target HTER), mean ± std of the last `last` ones, and
+    `update_rules`: the rule each epoch trained with (update_rule; index 0 = epoch 1)."""
+    out = {"evaluations": evaluations, "final": evaluations[-1] if evaluations else None, "update_rules": list(rules or [])}
     if evaluations:
         out["best"] = min(evaluations, key=lambda e: e["target"]["hter"])
         tail = evaluations[-last:] if last else evaluations[-1:]
@@ -144,42 +153,143 @@ def should_evaluate(epoch: int, t: dict) -> bool:
     return epoch % t["eval_every"] == 0 or epoch > t["epochs"] - t["eval_last"] or epoch == t["epochs"]
 
 
+# train.epochs may grow (the run continues) and train.save_every may change (which trajectory checkpoints are
+# kept): neither changes what the first epochs compute, so neither makes another run
+GROWABLE = {("train", "epochs"), ("train", "save_every")}
+
+
+def read_run_config(out: Path, config: dict) -> dict | None:
+    """The config.yaml already in `out` (None if there is none); refuses one of another run, naming every
+    differing key with its old and new value."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        raise FaslandError(f"'{path}' is not a readable run config; pass a new --out or delete that file") from None
+    changed = config_differences(old if isinstance(old, dict) else {}, config, GROWABLE)
+    if changed:
+        raise FaslandError(f"'{out}' holds a run with another configuration ({'; '.join(changed)}); "
+                           "pass a new --out or the same settings")
+    return old
+
+
 def prepare_run_dir(out: Path, config: dict) -> None:
-    """Create the run directory and its config.yaml; refuse a folder that holds a run of another config."""
+    """Refuse a folder that holds a run of another config, else create it (config.yaml is written by train
+    once every input has been checked)."""
+    read_run_config(out, config)
+    make_run_dir(out)
+
+
+def make_run_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FaslandError(f"cannot create run directory '{out}' ({e.strerror}); choose a writable --out") from None
-    path = out / "config.yaml"
-    if path.exists():
-        old = yaml.safe_load(path.read_text())
-        if old != config:
-            changed = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
-            raise FaslandError(f"'{out}' holds a run with another configuration (differs in {', '.join(changed)}); pass a new --out or the same settings")
-        return
-    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
 
 
-def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
-    """Train (or resume, or skip if finished) the run of `config` into `out_dir`; returns metrics.json's content."""
-    out = Path(out_dir)
-    t, device = config["train"], torch.device(device)
-    for key in ("epochs", "steps_per_epoch", "batch_per_domain"):
-        if not isinstance(t[key], int) or t[key] <= 0:
-            raise FaslandError(f"train.{key} = {t[key]!r} must be a positive integer; fix it in the config or preset")
-    prepare_run_dir(out, config)   # after validation: a rejected start does not lock the folder to its settings
-    if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
-        done = load_checkpoint(out / "checkpoint.pt")
-        if done["epoch"] >= t["epochs"]:
-            return json.loads((out / "metrics.json").read_text())
-
+def run_log(out: Path) -> logging.Logger:
+    """The logger that appends to out/train.log."""
     log = logging.getLogger(f"fasland.train.{out}")
     log.handlers.clear()
     handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    return log
+
+
+def write_run_config(out: Path, config: dict) -> None:
+    path = out / "config.yaml"
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
+    except OSError as e:
+        raise FaslandError(f"cannot write '{path}' ({e.strerror}); choose a writable --out with free space") from None
+
+
+def update_rule(epoch: int, config: dict) -> str:
+    """The rule of 0-based `epoch`: head-only (only head.* stepped), erm-warming (a plain ERM step of another
+    method, train.minimizer_warming), else the method's own."""
+    t, method = config["train"], config["method"]
+    if epoch < t["head_only_epochs"]:
+        return "head-only"
+    if epoch < t["minimizer_warming"] and method != "erm":
+        return "erm-warming"
+    return method
+
+
+def describe_rules(rules: list[str]) -> str:
+    """'epoch 1 head-only, 2–10 erm-warming, 11–150 gacfas': runs of equal rules, 1-based epochs."""
+    parts, start = [], 0
+    for i in range(1, len(rules) + 1):
+        if i == len(rules) or rules[i] != rules[start]:
+            span = f"{start + 1}" if i == start + 1 else f"{start + 1}–{i}"
+            parts.append(f"{span} {rules[start]}")
+            start = i
+    return ("epoch " if len(rules) == 1 else "epochs ") + ", ".join(parts)
+
+
+def check_update_rules(config: dict, asked: bool = False) -> str | None:
+    """A method none of whose epochs uses its own rule trains as another method: refused, unless `asked`
+    (the user set the warming/head-only epochs themselves), then the returned warning says so."""
+    t, method = config["train"], config["method"]
+    rules = [update_rule(e, config) for e in range(t["epochs"])]
+    if method in rules:
+        return None
+    why = (f"train.epochs = {t['epochs']} ≤ train.minimizer_warming = {t['minimizer_warming']}, so every epoch is a plain ERM "
+           f"warming step" if "erm-warming" in rules else
+           f"train.epochs = {t['epochs']} ≤ train.head_only_epochs = {t['head_only_epochs']}, so every epoch trains only the head")
+    if "head-only" in rules and "erm-warming" in rules:
+        why = f"{describe_rules(rules)} ({t['epochs']} epochs)"
+    if asked:
+        return f"{method} never applies its own update in this run ({why}): it trains as {describe_rules(rules)}, as the config asks"
+    raise FaslandError(f"--method {method} would train as plain ERM, not {method}: {why}; pass --epochs "
+                       f"{max(t['minimizer_warming'], t['head_only_epochs']) + 1} or more, or set train.minimizer_warming / "
+                       f"train.head_only_epochs in --config to ask for it")
+
+
+def prune_trajectory(out: Path, t: dict) -> None:
+    """Keep checkpoints/epoch_000.pt, every save_every-th epoch and the last; delete the others (a previous
+    last epoch of a run that was continued, or epochs of an earlier --keep-checkpoints)."""
+    for path in (out / "checkpoints").glob("epoch_*.pt"):
+        try:
+            epoch = int(path.stem[len("epoch_"):])
+        except ValueError:
+            continue
+        if not (epoch == 0 or epoch % t["save_every"] == 0 or epoch == t["epochs"]):
+            path.unlink(missing_ok=True)
+
+
+def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rules: bool = False) -> dict:
+    """Train (or resume, continue to more epochs, or skip if finished) the run of `config` into `out_dir`;
+    returns metrics.json's content. A method that would never apply its own update is refused unless
+    `asked_rules` (the user chose the warming / head-only epochs), then it is warned about."""
+    out = Path(out_dir)
+    t, device = config["train"], torch.device(device)
+    for key in ("epochs", "steps_per_epoch", "batch_per_domain", "save_every"):
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] <= 0:
+            flag = {"epochs": " (--epochs)", "save_every": " (--keep-checkpoints)"}.get(key, "")
+            raise FaslandError(f"train.{key} = {t[key]!r}{flag} must be a positive integer; fix it in the config or preset")
+    warning = check_update_rules(config, asked_rules)
+    rules = [update_rule(e, config) for e in range(t["epochs"])]
+    previous = read_run_config(out, config)
+    finished = load_checkpoint(out / "checkpoint.pt")["epoch"] if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists() else None
+    resume = out / "resume.pt"
+    state = load_checkpoint(resume) if resume.exists() and finished != t["epochs"] else None
+    reached = state["epoch"] if state else finished
+    if reached is not None and reached > t["epochs"]:
+        raise FaslandError(f"'{out}' holds a run trained for {reached} epochs, longer than train.epochs = {t['epochs']}; "
+                           f"pass --epochs {reached} to reuse it, use its checkpoints/epoch_{t['epochs']:03d}.pt, or a new --out")
+    if finished is not None and finished == t["epochs"]:
+        if previous != config:
+            write_run_config(out, config)       # another --keep-checkpoints: the same run, kept differently
+        prune_trajectory(out, t)
+        return json.loads((out / "metrics.json").read_text())
+    if finished is not None and state is None:
+        raise FaslandError(f"cannot continue '{out}' from epoch {finished} to {t['epochs']}: its resume.pt (the optimizer state) "
+                           f"is gone; pass --epochs {finished} or a new --out")
 
     torch.manual_seed(t["seed"])
     arch = {k: v for k, v in config["model"].items() if k != "pretrained"}
@@ -193,37 +303,45 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
     data = SourceBatches(config, device)
     probe = load_probe(config, device, max_samples=t["eval_samples"], source_split="test")
 
+    # every input checked: only now does the folder become this run's
+    make_run_dir(out)
+    write_run_config(out, config)
+    log = run_log(out)
+    if warning:
+        log.warning(warning)
+        tqdm.write(f"fasland train: warning: {warning}", file=sys.stderr)
     start, evaluations = 0, []
-    resume = out / "resume.pt"
-    if resume.exists():
-        state = load_checkpoint(resume)
+    if state:
         model.load_state_dict(state["model"])
         algo.optimizer.load_state_dict(state["optimizer"])
         algo.load_extra_state(state["algorithm"])
-        start, evaluations = state["epoch"], state["metrics"]["evaluations"]
-        log.info(f"resumed from epoch {start}")
-    metrics = summarize(evaluations, t["eval_last"])
+        start = state["epoch"]
+        # a continued run keeps the evaluations a run trained this long from the start makes
+        evaluations = [without_intervals(e) for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
+        log.info(f"resumed from epoch {start}" + (f" (a finished run of {finished} epochs continued to {t['epochs']})" if finished else ""))
+    metrics = summarize(evaluations, t["eval_last"], rules[:start])
     steps_log = out / "steps.jsonl"
     keep = [l for l in steps_log.read_text().splitlines() if step_epoch(l) <= start] if steps_log.exists() and start else []
     atomic_write(steps_log, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
     if start == 0:
         save_checkpoint(out / "checkpoints" / "epoch_000.pt", model, arch, config, 0, summarize([], 0))
+    log.info(f"update rules: {describe_rules(rules)}")
     log.info(f"training {config['method']} on {config['protocol']} ({', '.join(sources)} → target) for {t['epochs']} epochs on {device}")
     bar = tqdm(total=t["epochs"] * t["steps_per_epoch"], initial=start * t["steps_per_epoch"], disable=not progress,
                desc=f"train {config['method']}", unit="step", dynamic_ncols=True)
-    with steps_log.open("a") as steps_file:
+    with bar, steps_log.open("a") as steps_file:    # the bar ends its line even when a step fails (a bad frame)
         for epoch in range(start, t["epochs"]):
             g = torch.Generator().manual_seed(t["seed"] * 100_003 + epoch)
             for group, lr in zip(algo.optimizer.param_groups, base_lrs):
                 group["lr"] = lr * epoch_lr_factor(epoch, t)
-            algo.head_only = epoch < t["head_only_epochs"]
+            algo.head_only = rules[epoch] == "head-only"
             algo.warming = epoch < t["minimizer_warming"]   # counted from epoch 0, head-only epochs included, as the released code
             model.train()
             for step in range(t["steps_per_epoch"]):
                 algo.log_gradients = step % t["log_every"] == 0
                 logs = algo.update(data.sample(g))
-                steps_file.write(json.dumps({"epoch": epoch + 1, "step": epoch * t["steps_per_epoch"] + step, **logs}) + "\n")
+                steps_file.write(json.dumps({"epoch": epoch + 1, "step": epoch * t["steps_per_epoch"] + step, "rule": rules[epoch], **logs}) + "\n")
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.3f}",
                                 **{f"L_{s}": f"{logs[f'loss_{i}']:.2f}" for i, s in enumerate(sources) if f"loss_{i}" in logs})
@@ -235,12 +353,12 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True) -> dict:
                 e = evaluations[-1]
                 log.info(f"epoch {epoch + 1}: target HTER {e['target']['hter']:.4f} AUC {e['target']['auc']:.4f}; sources HTER {e['sources']['hter']:.4f}")
                 bar.write(f"epoch {epoch + 1}: target HTER {100 * e['target']['hter']:.2f}% AUC {100 * e['target']['auc']:.2f}% | sources HTER {100 * e['sources']['hter']:.2f}%")
-            metrics = summarize(evaluations, t["eval_last"])
+            metrics = summarize(evaluations, t["eval_last"], rules[:epoch + 1])
             if (epoch + 1) % t["save_every"] == 0 or epoch + 1 == t["epochs"]:
                 save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt", model, arch, config, epoch + 1, metrics)
             save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict(),
                             algorithm=algo.extra_state())
-    bar.close()
     save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics, algorithm=algo.extra_state())
     atomic_write_json(out / "metrics.json", metrics)
+    prune_trajectory(out, t)
     return metrics

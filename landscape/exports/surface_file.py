@@ -1,4 +1,4 @@
-"""A surface HDF5 (DESIGN §3) read into plain numpy arrays for the exporters.
+"""A surface HDF5 (docs/ARCHITECTURE.md, "File formats") read into plain numpy arrays for the exporters.
 
 The file is read by landscape.store's one reader (`read_datasets`): a 2-D array is indexed [ix, iy]
 (shape (nx, ny), a[ix, iy] = f(x[ix], y[iy])) here as in SurfaceStore. Surface.arrays hold the file's

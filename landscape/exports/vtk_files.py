@@ -1,7 +1,7 @@
 """VTK XML for ParaView: the surface as a structured grid (PREFIX.vts) and as polydata (PREFIX.vtp), the
 training path as a polyline (PREFIX_trajectory.vtp), and a pvpython scene (PREFIX_scene.py) opening them.
 
-Points are (x_i, y_j, zscale · h_ij) with h the height of DESIGN's --surf-name array (see Surface.height);
+Points are (x_i, y_j, zscale · h_ij) with h the height of the --surf-name array (see Surface.height);
 VTK orders points x-fastest, so point k = i + j·nx. Every surface array is a point array holding the h5
 values (NaN where not done); `valid` is 1 where the height is finite. Invalid points are hidden in the grid
 (vtkGhostType = HIDDENPOINT), left out of the polydata's cells, and sit at the top of the height range so

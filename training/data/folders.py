@@ -35,7 +35,7 @@ def find_videos(root, domain: str, split: str) -> list[tuple[Path, int, list[Pat
         raise FaslandError(f"unknown domain '{domain}'; use one of {', '.join(DOMAIN_NAMES)} (I = replay, O = oulu, C = casia, M = msu)")
     root = Path(root)
     if not root.is_dir():
-        raise FaslandError(f"data root '{root}' does not exist; pass --data synth or a directory holding replay/, oulu/, casia/, msu/")
+        raise FaslandError(f"data root '{root}' does not exist; pass --data DIR naming the folder that holds replay/, oulu/, casia/, msu/")
     folder = root / DOMAIN_NAMES[domain]
     if not folder.is_dir():
         raise FaslandError(f"domain folder '{folder}' not found; put dataset {domain} there as {DOMAIN_NAMES[domain]}/{{train,test}}/.../<video>/crop_*.jpg")
@@ -201,10 +201,14 @@ class VideoStream:
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=min(batch, len(self.dataset)), shuffle=True, drop_last=True, num_workers=workers,
             generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0)
-        self._it = None
+        self._it, self._first = None, None
+        self._first = self()        # the first batch now: an unreadable dataset fails before training starts
 
     def __call__(self, g=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The next (images uint8, labels float, depth uint8) batch."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         for _ in range(2):
             try:
                 return next(self._it)
