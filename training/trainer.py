@@ -317,7 +317,8 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
         algo.load_extra_state(state["algorithm"])
         start = state["epoch"]
         # a continued run keeps the evaluations a run trained this long from the start makes
-        evaluations = [without_intervals(e) for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
+        evaluations = [e if e["epoch"] == t["epochs"] else without_intervals(e)   # only the last epoch has intervals
+                       for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
         log.info(f"resumed from epoch {start}" + (f" (a finished run of {finished} epochs continued to {t['epochs']})" if finished else ""))
     metrics = summarize(evaluations, t["eval_last"], rules[:start])
     steps_log = out / "steps.jsonl"
