@@ -79,12 +79,12 @@ def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", l
     import torch
     from captum.attr import IntegratedGradients, LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
 
+    from training.probe import eval_mode
+
     if method not in METHODS:
         raise FaslandError(f"unknown attention method '{method}'; use one of {', '.join(METHODS)}")
     forward = model if score is None else (lambda inputs: score(model(inputs)))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         name = None
         if method != "integrated-gradients":
             name, module = cam_layer(model, x, layer)
@@ -108,8 +108,6 @@ def attention_maps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", l
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
             out.append(cam[:, 0].clamp(min=0).detach())
         return torch.cat(out).float(), name
-    finally:
-        model.train(was_training)
 
 
 def gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -315,7 +313,7 @@ def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None =
               steps: int = 32, data: str | None = None, device="cpu") -> AttentionResult:
     """Maps of the checkpoint's live score on `samples` test images of every domain of its protocol
     (sources and target), their region fractions, and (given `out`) the files of `AttentionResult.write`."""
-    from training.checkpoint import load_model
+    from training.checkpoint import load_probed_model
     from training.data import normalize
     from training.data.protocols import parse_protocol
     from training.probe import Loss
@@ -325,10 +323,8 @@ def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None =
     for name, v in (("samples", samples), ("steps", steps)):
         if v <= 0:
             raise FaslandError(f"--{name} {v} must be positive; pass e.g. --{name} 16")
-    model, ckpt = load_model(checkpoint, device)
+    model, ckpt = load_probed_model(checkpoint, device)
     config = ckpt["config"]
-    if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
-        raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
     sources, target = parse_protocol(config["protocol"])
     live_score = Loss.from_config(config).score      # the logit, or z_live − z_spoof of a two-class head
     result = AttentionResult(method, None, config["protocol"], target, str(checkpoint))

@@ -65,7 +65,7 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
     rank 0 checks `out` before that. Returns (world, device, model, ckpt, probe, data_spec)."""
     from analysis.mpi_reduce import world as mpi_world
     from landscape import mpi
-    from training.checkpoint import load_model
+    from training.checkpoint import load_probed_model
     from training.device import pick_device
     from training.presets import resolved_root
     from training.probe import load_probe
@@ -78,10 +78,7 @@ def setup(checkpoint, out, command: str, data=None, max_samples=256, batch_size=
     def load():
         set_threads(threads, w.comm)
         dev = pick_device(device)
-        model, ckpt = load_model(checkpoint, dev)
-        config = ckpt["config"]
-        if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
-            raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+        model, ckpt = load_probed_model(checkpoint, dev)
         return dev, model, ckpt
 
     dev, model, ckpt = mpi.on_every_rank(w.comm, load)

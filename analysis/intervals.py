@@ -48,6 +48,10 @@ def gram_cosine_replicates(gram, sizes, n_boot: int = 1000, seed: int = 0) -> np
     k, B = sizes.shape
     if gram.shape != (k * B, k * B):
         raise FaslandError(f"the Gram matrix is {gram.shape}, not ({k * B}, {k * B}) for {k} domains × {B} subsets")
+    import torch
+
+    from training.algorithms.base import cosine_matrix
+
     rng = np.random.default_rng(seed)
     out = np.empty((n_boot, k, k))
     W = np.zeros((k, k * B))
@@ -55,9 +59,7 @@ def gram_cosine_replicates(gram, sizes, n_boot: int = 1000, seed: int = 0) -> np
         for i in range(k):
             w = np.bincount(rng.integers(0, B, B), minlength=B) * sizes[i]
             W[i, i * B:(i + 1) * B] = w / w.sum()
-        M = W @ gram @ W.T
-        d = np.sqrt(np.clip(np.diag(M), 1e-300, None))
-        out[r] = M / (d[:, None] * d[None, :])
+        out[r] = cosine_matrix(torch.from_numpy(W @ gram @ W.T)).numpy()
     return out
 
 
@@ -96,6 +98,7 @@ def conflict_interval(model, probe, subsets: int = 4, n_boot: int = 1000, seed: 
     import torch
 
     from analysis.conflicts import loss_gradient
+    from training.algorithms.base import gram_matrix
 
     if not getattr(probe, "clients", None):
         raise FaslandError("the probe holds no client ids; build it with load_probe (or pass clients=) to take intervals")
@@ -109,5 +112,4 @@ def conflict_interval(model, probe, subsets: int = 4, n_boot: int = 1000, seed: 
             grads.append(loss_gradient(model, probe.loss_fn, [(probe.inputs(xs[a:a + bs]), ys[a:a + bs]) for a in range(0, len(xs), bs)]))
             row.append(len(idx))
         sizes.append(row)
-    S = torch.stack(grads).double()
-    return cosine_intervals((S @ S.T).cpu().numpy(), sizes, n_boot, seed, level)
+    return cosine_intervals(gram_matrix(torch.stack(grads)).cpu().numpy(), sizes, n_boot, seed, level)

@@ -65,7 +65,7 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
     from landscape import mpi
     from landscape.directions import load_directions
     from landscape.surface import check_evaluation, compute_surface
-    from training.checkpoint import file_hash, load_model
+    from training.checkpoint import file_hash, load_probed_model
     from training.device import pick_device
     from training.presets import resolved, resolved_root
     from training.probe import load_probe
@@ -85,10 +85,8 @@ def surface(checkpoint, out, x, y=None, *, model2=None, model3=None, pca=None, d
             check_positive(curvature_tol=curvature_tol, curvature_iter=curvature_iter)
         set_threads(threads, comm)
         dev = pick_device(device)
-        model, ckpt = load_model(checkpoint, dev)
+        model, ckpt = load_probed_model(checkpoint, dev)
         config = ckpt["config"]
-        if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
-            raise FaslandError(f"checkpoint '{checkpoint}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
         return xcoords, ycoords, dev, model, config, ckpt.get("metrics")
 
     xcoords, ycoords, dev, model, config, run_metrics = mpi.on_every_rank(comm, setup)

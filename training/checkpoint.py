@@ -130,6 +130,15 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     return model.to(device).eval(), ckpt
 
 
+def load_probed_model(path, device="cpu") -> tuple[nn.Module, dict]:
+    """`load_model` of a checkpoint whose config names the protocol and data its probe is built from."""
+    model, ckpt = load_model(path, device)
+    config = ckpt["config"]
+    if not isinstance(config, dict) or "protocol" not in config or "data" not in config:
+        raise FaslandError(f"checkpoint '{path}' has no protocol/data in its config; pass a checkpoint written by 'fasland train'")
+    return model, ckpt
+
+
 def state_mismatch(expected: dict, state: dict) -> str:
     """'' when `state` has exactly the keys and shapes of `expected`, else a short account of the first differences."""
     missing = [k for k in expected if k not in state]
