@@ -432,6 +432,28 @@ def test_surface_command_hessian_directions_and_convexity_map(tmp_path, monkeypa
     assert np.allclose(s.arrays["convexity_ratio"], np.abs(s.arrays["lambda_min"] / s.arrays["lambda_max"]))
     assert len(np.unique(np.round(s.arrays["lambda_max"], 6))) > 1     # the curvature changes over the plane
 
+    # two MPI ranks split the points and give the same map (the directions are reused from the file)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_conflicts import VENV_BIN, WRAPPER
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))
+    out_mpi = tmp_path / "s_mpi.h5"
+    i = argv.index("--dir-type")
+    argv_mpi = [a if a != str(out) else str(out_mpi) for a in argv[:i] + argv[i + 2:]] + ["--dir-file", str(out.with_name("s.dirs.h5"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FASLAND_MPI", None)
+    proc = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, str(wrapper), *argv_mpi],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = read_store(out_mpi)
+    assert m.done.all()
+    for k in ("lambda_max", "lambda_min", "convexity_ratio", "train_loss"):
+        np.testing.assert_allclose(m.arrays[k], s.arrays[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
     # bf16 and recomputed BatchNorm are recorded; a rerun with other evaluation settings is refused
     out2 = tmp_path / "t.h5"
     assert main(["surface", "--checkpoint", str(ckpt), "--x", "-1:1:3", "--bn", "recompute", "--autocast", "bf16",
