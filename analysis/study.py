@@ -7,6 +7,7 @@ user could run by hand; each resumes or skips finished work, so rerunning a stud
 """
 import json
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -132,12 +133,14 @@ class Study:
         self.seed = seed            # the training seed (None: the preset's)
         self.device = {"device": options["device"], "threads": options["threads"]}
         self.views = out / "views"
-        self.step = 0
+        self.step, self.started = 0, time.monotonic()
 
     def say(self, what: str) -> None:
+        """A step's heading, with the minutes the study has run so far (where the time goes)."""
         self.step += 1
         seed = "" if self.seed is None else f" seed {self.seed}"
-        print(f"\n[{self.protocol}{seed} {self.step}] {what}", flush=True)
+        m, sec = divmod(int(time.monotonic() - self.started), 60)
+        print(f"\n[{self.protocol}{seed} {self.step}, {m}:{sec:02d}] {what}", flush=True)
 
     def run_dir(self, m: str) -> Path:
         return self.out / m

@@ -26,6 +26,7 @@ def main() -> int:
     p.add_argument("--method", default="erm")
     p.add_argument("--protocol", default="ICM2O")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warming", type=int, default=None, help="train.minimizer_warming (default: the preset's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for recipe in args.recipes:
@@ -34,12 +35,14 @@ def main() -> int:
         over = {"data": {"image_size": px}, "hparams": {"lr": float(lr[0])} if lr else {},
                 "train": {"epochs": epochs, "steps_per_epoch": steps, "lr_step": lr_step, "lr_gamma": 0.5,
                           "eval_every": 10 ** 6, "save_every": 10 ** 6}}
+        if args.warming is not None:
+            over["train"]["minimizer_warming"] = args.warming
         config = make_config(args.protocol, args.method, "demo", over)
         load, wall, cpu = os.getloadavg()[0], time.time(), time.process_time()
         with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(sys.stderr):
             final = train(config, run, "cpu", progress=False)["final"]
         wall, cpu = time.time() - wall, time.process_time() - cpu
-        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | {config['hparams']['lr']:g} | "
+        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | {config['train']['minimizer_warming']} | {config['hparams']['lr']:g} | "
               f"{100 * final['sources']['hter']:.2f}% | {100 * final['target']['hter']:.2f}% | {wall:.0f} | {cpu:.0f} | "
               f"{1000 * cpu / (epochs * steps):.0f} | {load:.2f} |", flush=True)
     return 0
