@@ -203,6 +203,7 @@ class AttentionResult:
     protocol: str
     target: str
     checkpoint: str
+    samples: int | None = None                          # the images asked per domain (a domain may hold fewer)
     domains: dict = field(default_factory=dict)       # name -> DomainAttention
 
     def fractions(self) -> dict:
@@ -213,7 +214,24 @@ class AttentionResult:
         from training.data.synth import REGIONS
 
         return {"command": "attention", "method": self.method, "layer": self.layer, "checkpoint": self.checkpoint,
-                "protocol": self.protocol, "target": self.target, "regions": list(REGIONS), "fractions": self.fractions()}
+                "protocol": self.protocol, "target": self.target, "samples": self.samples, "regions": list(REGIONS),
+                "fractions": self.fractions()}
+
+    @classmethod
+    def read(cls, path) -> "AttentionResult":
+        """An attention.h5 as written by `write`."""
+        import h5py
+        import torch
+
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            r = cls(a["method"], a.get("layer"), a["protocol"], a["target"], a["checkpoint"],
+                    int(a["samples"]) if "samples" in a else None)
+            for d, g in f.items():
+                r.domains[d] = DomainAttention(*(torch.from_numpy(g[k][()]) for k in ("images", "labels")),
+                                               [k.decode() if isinstance(k, bytes) else k for k in g["kinds"][()]],
+                                               *(torch.from_numpy(g[k][()]) for k in ("regions", "maps", "fractions")))
+        return r
 
     def write(self, out) -> list[Path]:
         """out/attention.h5 (per domain: images, labels, kinds, regions, maps, fractions), out/attention.json
@@ -229,7 +247,7 @@ class AttentionResult:
 
         def h5(tmp):
             with h5py.File(tmp, "w") as f:
-                f.attrs.update({k: v for k, v in self.to_json().items() if isinstance(v, str)})
+                f.attrs.update({k: v for k, v in self.to_json().items() if isinstance(v, (str, int))})
                 f.attrs["regions"] = json.dumps(list(REGIONS))
                 for d, a in self.domains.items():
                     g = f.create_group(d)
@@ -240,11 +258,12 @@ class AttentionResult:
 
         paths = [out / "attention.h5", out / "attention.json"]
         atomic_write(paths[0], h5)
-        atomic_write(paths[1], lambda tmp: tmp.write_text(json.dumps(self.to_json(), indent=1)))
         for d, a in self.domains.items():
             paths.append(out / f"sheet_{d}.png")
             title = f"{self.method} of the live score, domain {d} ({'target' if d == self.target else 'source'})"
             atomic_write(paths[-1], lambda tmp, a=a, title=title: contact_sheet(a, title, tmp))
+        # last: a study takes attention.json as the sign that the whole folder is written
+        atomic_write(paths[1], lambda tmp: tmp.write_text(json.dumps(self.to_json(), indent=1)))
         return paths
 
 
@@ -257,6 +276,13 @@ def overlay(image: torch.Tensor, amap: torch.Tensor):
     return 0.5 * rgb + 0.5 * matplotlib.colormaps["jet"](m)[..., :3]
 
 
+def shown_images(labels: torch.Tensor, columns: int) -> list[int]:
+    """Indices of up to `columns` images, half live (label 1) and half spoof, the one short filled with the other."""
+    live, spoof = (labels == 1).nonzero().flatten().tolist(), (labels == 0).nonzero().flatten().tolist()
+    n_live = min(len(live), max(columns // 2, columns - len(spoof)))
+    return sorted(live[:n_live] + spoof[:columns - n_live])
+
+
 def contact_sheet(a: DomainAttention, title: str, path, columns: int = 8) -> None:
     """A PNG: columns of (image, map, overlay) for up to `columns` images, half live and half spoof where
     there are enough, each titled with its label/kind and face fraction."""
@@ -264,8 +290,7 @@ def contact_sheet(a: DomainAttention, title: str, path, columns: int = 8) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    live, spoof = (a.labels == 1).nonzero().flatten().tolist(), (a.labels == 0).nonzero().flatten().tolist()
-    shown = sorted(live[:columns // 2] + spoof[:columns - min(len(live), columns // 2)])[:columns]
+    shown = shown_images(a.labels, columns)
     n = len(shown)
     fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
     for col, j in enumerate(shown):
@@ -279,6 +304,37 @@ def contact_sheet(a: DomainAttention, title: str, path, columns: int = 8) -> Non
     for i, label in enumerate(("image", "map", "overlay")):
         axes[i, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def side_by_side(results: list[AttentionResult], labels: list[str], path, columns: int = 6) -> None:
+    """A PNG of the same target-domain images under each model's map: the plain images on the first row,
+    then one row of overlays per result, each titled with its face fraction, the row with its label and
+    the mean face fraction over the target's probe images."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = results[0].domains[results[0].target]
+    shown = shown_images(first.labels, columns)
+    fig, axes = plt.subplots(1 + len(results), len(shown), figsize=(1.3 * len(shown), 1.45 * (1 + len(results))),
+                             squeeze=False)
+    for col, j in enumerate(shown):
+        axes[0, col].imshow(first.images[j].permute(1, 2, 0).numpy())
+        axes[0, col].set_title(first.kinds[j], fontsize=7, color="green" if first.labels[j] == 1 else "red")
+    for row, (r, label) in enumerate(zip(results, labels), start=1):
+        a = r.domains[r.target]
+        for col, j in enumerate(shown):
+            axes[row, col].imshow(overlay(a.images[j], a.maps[j]))
+            axes[row, col].set_title(f"face {a.fractions[j, 0].item():.2f}", fontsize=7)
+        face = a.summary()["all"]["face"]
+        axes[row, 0].set_ylabel(f"{label}\nface {'–' if face is None else f'{face:.2f}'}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    fig.suptitle(f"{results[0].method} of the live score, target {results[0].target} ({results[0].protocol})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
@@ -327,7 +383,7 @@ def attention(checkpoint, out=None, method: str = "gradcam", layer: str | None =
     config = ckpt["config"]
     sources, target = parse_protocol(config["protocol"])
     live_score = Loss.from_config(config).score      # the logit, or z_live − z_spoof of a two-class head
-    result = AttentionResult(method, None, config["protocol"], target, str(checkpoint))
+    result = AttentionResult(method, None, config["protocol"], target, str(checkpoint), samples)
     for d in (*sources, target):
         dom, kinds, regions, known = probe_images(config, d, samples, data)
         x = normalize(dom.images, config["data"].get("normalize", "imagenet")).to(device)
@@ -369,12 +425,18 @@ def run_attention(args) -> int:
         raise FaslandError(f"--out '{args.out}' is a file; pass a folder for the maps and contact sheets")
     r = attention(args.checkpoint, None, args.method, args.layer, args.samples, args.steps, args.data, pick_device(args.device))
     r.write(out)
-    print(f"{r.method} of {r.checkpoint} ({r.protocol}{', layer ' + r.layer if r.layer else ''}): share of attention "
-          f"(area: the regions' share of the pixels)")
-    print(f"  {'domain':<10} {'face':>6} {'edge/hand':>9} {'backgr.':>7} {'other':>6}")
+    print(attention_summary(r, out))
+    return 0
+
+
+def attention_summary(r: AttentionResult, out) -> str:
+    """What `fasland attention` prints: each domain's shares of attention and the regions' shares of the pixels."""
+    lines = [f"{r.method} of {r.checkpoint} ({r.protocol}{', layer ' + r.layer if r.layer else ''}): share of attention "
+             f"(area: the regions' share of the pixels)",
+             f"  {'domain':<10} {'face':>6} {'edge/hand':>9} {'backgr.':>7} {'other':>6}"]
     for d, s in r.fractions().items():
         for label, a in ((d + (" (target)" if d == r.target else ""), s["all"]), ("  area", s["area"])):
-            print(f"  {label:<10} " + " ".join(f"{'–' if v is None else f'{v:.3f}':>{w}}" for v, w in
-                                               ((a["face"], 6), (a["edge_hand"], 9), (a["background"], 7), (a["other"], 6))))
-    print(f"written: {out / 'attention.h5'}, {out / 'attention.json'}, {out}/sheet_<D>.png")
-    return 0
+            lines.append(f"  {label:<10} " + " ".join(f"{'–' if v is None else f'{v:.3f}':>{w}}" for v, w in
+                                                      ((a["face"], 6), (a["edge_hand"], 9), (a["background"], 7), (a["other"], 6))))
+    lines.append(f"written: {out / 'attention.h5'}, {out / 'attention.json'}, {out}/sheet_<D>.png")
+    return "\n".join(lines)

@@ -5,10 +5,10 @@ the `fasland study` parser can offer them without loading the study."""
 SETTINGS = {
     "demo": {"x1d": "-1:1:17", "x2d": "-1:1:9", "interpolation": "-0.5:1.5:13", "pca_points": 9,
              "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0,
-             "sample_batches": 4},
+             "sample_batches": 4, "attention_samples": 16},
     "paper": {"x1d": "-1:1:51", "x2d": "-1:1:51", "interpolation": "-0.5:1.5:41", "pca_points": 41,
               "max_samples": 1024, "top_k": 5, "tol": 1e-4, "max_iter": 300, "trace_samples": 100, "density_iter": 80,
-              "sample_batches": 8},
+              "sample_batches": 8, "attention_samples": 64},
 }
 LEAVE_ONE_OUT = ("ICM2O", "OCM2I", "OCI2M", "OMI2C")
 LABELS = {"erm": "ERM", "sam": "SAM", "gacfas": "GAC-FAS", "rfm": "RFM"}

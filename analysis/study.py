@@ -2,8 +2,9 @@
 protocol, then measures and shows them side by side.
 
 Every step calls one of the suite's command functions (training.commands.train, landscape.commands.surface,
-analysis.commands.hessian / .conflicts, landscape.exports.commands.export_*), so a study is exactly what a
-user could run by hand; each resumes or skips finished work, so rerunning a study is quick.
+analysis.commands.hessian / .conflicts, analysis.attention.attention, landscape.exports.commands.export_*), so
+a study is exactly what a user could run by hand; each resumes or skips finished work, so rerunning a study is
+quick.
 """
 import json
 import shutil
@@ -158,6 +159,7 @@ class Study:
         for m in self.methods:
             self.sharpness(m)
             self.conflicts(m)
+            self.attention(m)
         self.export_views()
         return self.report()
 
@@ -243,6 +245,34 @@ class Study:
         r = conflicts(self.ckpt(m), out, at="both", trajectory=None if m in self.given else self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
         print(conflicts_summary(r, out))
 
+    # ---- attention ----------------------------------------------------------------------------
+    def attention(self, m: str) -> None:
+        """Grad-CAM of the live score on `attention_samples` test images per domain, into <method>/attention/;
+        kept when its attention.json (written last) holds the same method and sample count."""
+        from analysis.attention import attention, attention_summary
+        from landscape.commands import set_threads
+        from training.device import pick_device
+
+        n, out = self.s["attention_samples"], self.run_dir(m) / "attention"
+        self.say(f"attention of {LABELS[m]}: Grad-CAM of the live score on {n} test images per domain")
+        done = out / "attention.json"
+        if done.exists() and [json.loads(done.read_text()).get(k) for k in ("method", "samples")] == ["gradcam", n]:
+            print(f"reusing {done}")
+            return
+        set_threads(self.options["threads"])
+        r = attention(self.ckpt(m), out, "gradcam", samples=n, data=self.options["data"],
+                      device=pick_device(self.options["device"]))
+        print(attention_summary(r, out))
+
+    def attention_view(self) -> None:
+        """views/attention.png: the target's images under every method's map."""
+        from analysis.attention import AttentionResult, side_by_side
+        from training.checkpoint import atomic_write
+
+        results = [AttentionResult.read(self.run_dir(m) / "attention" / "attention.h5") for m in self.methods]
+        atomic_write(self.views / "attention.png",
+                     lambda tmp: side_by_side(results, [LABELS[m] for m in self.methods], tmp))
+
     # ---- views --------------------------------------------------------------------------------
     def export_views(self) -> None:
         import analysis.views  # noqa: F401  (registers the Hessian and conflicts views of the HTML pages)
@@ -275,11 +305,12 @@ class Study:
                     title=f"{self.protocol}: Hessian spectra")
         export_html([self.run_dir(m) / "conflicts.json" for m in ms], v / "conflicts.html", labels=labels,
                     title=f"{self.protocol}: gradient conflicts")
+        self.attention_view()
         self.screenshot()
         if self.options["figures"]:
             figs = Path(self.options["figures"])
             figs.mkdir(parents=True, exist_ok=True)
-            for name in ("surfaces_2d.png", "curves_1d.png", "trajectory_pca.png", "paraview.png"):
+            for name in ("surfaces_2d.png", "curves_1d.png", "trajectory_pca.png", "attention.png", "paraview.png"):
                 if (v / name).exists():
                     shutil.copyfile(v / name, figs / name)
 
@@ -381,6 +412,8 @@ class Study:
                  if (self.views / n).exists()]
         seed = "" if self.seed is None else f", training seed {self.seed}"
         header = self.header()
+        attention = attention_section([(LABELS[m], self.run_dir(m)) for m in self.methods],
+                                      "attention.png" if (self.views / "attention.png").exists() else None)
         md = (f"# fasland study: {self.protocol} ({self.preset} preset{seed})\n\n" + "".join(f"- {l}\n" for l in header)
               + f"\n{table}\n" + INTERVALS_NOTE +
               "Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients (0 whenever no pair points "
@@ -390,8 +423,8 @@ class Study:
               "standard deviation over disjoint probe subsets; sharpest block the top-level block with the largest λ_max "
               "of its own Hessian block; a value whose error bound exceeds it is marked undetermined.\n\n"
               + "".join(f"![{t}](views/{n})\n\n*{t}*\n\n" for n, t in figures)
-              + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n")
-        html = report_html(self.protocol, self.preset, table, figures, pages, header)
+              + "Interactive: " + ", ".join(f"[{n}](views/{n})" for n in pages) + "\n\n" + attention)
+        html = report_html(self.protocol, self.preset, table, figures, pages, header, attention)
         atomic_write(self.out / "report.md", lambda tmp: tmp.write_text(md))
         atomic_write(self.out / "report.html", lambda tmp: tmp.write_text(html))
         print(table)
@@ -623,12 +656,59 @@ def differences(run: dict, preset: dict, prefix: str = "") -> dict:
     return out
 
 
-def report_html(protocol: str, preset: str, table_md: str, figures, pages, header=()) -> str:
-    """The report as one HTML page (its header lines, the table converted from its markdown, figures beside it)."""
+def attention_numbers(summary: dict) -> dict:
+    """{"target"|"sources": {face, edge_hand, background, area}} from an attention.json: the target's mean
+    fractions over its images (all of them), the sources' the mean over source domains of theirs; area is the
+    face's share of the pixels. None where unknown (real crops know only the face)."""
+    f = summary["fractions"]
+
+    def four(d):
+        return {**{k: f[d]["all"][k] for k in ("face", "edge_hand", "background")}, "area": f[d]["area"]["face"]}
+
+    sources = [four(d) for d in f if d != summary["target"]]
+    return {"target": four(summary["target"]),
+            "sources": {k: mean_known([s[k] for s in sources]) for k in ("face", "edge_hand", "background", "area")}}
+
+
+def mean_known(values: list):
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def attention_section(runs: list[tuple[str, Path]], figure: str | None = None) -> str:
+    """The report's Attention section (markdown): per method (label, run directory) the Grad-CAM shares of
+    <run>/attention/attention.json (`attention_numbers`), the figure views/<figure>, and for unseen-attack
+    protocols the target AUC per held-out attack kind of <run>/metrics.json."""
+    numbers = [(label, attention_numbers(json.loads((d / "attention" / "attention.json").read_text()))) for label, d in runs]
+    cols = [(part, k) for part in ("target", "sources") for k in ("face", "edge_hand", "background", "area")]
+    names = {"face": "face", "edge_hand": "edge+hand", "background": "background", "area": "face area"}
+    md = ("## Attention\n\nWhere the live score looks: the mean share of each Grad-CAM map's mass on the face, on "
+          "the attack medium's edge and the hand, and on the background, on the target's probe images and over the "
+          "sources (mean of the source domains); face area is the face's share of the pixels, what an evenly spread "
+          "map would give (real crops: the face is the centre ellipse, the other regions unknown, –).\n\n"
+          "| method | " + " | ".join(f"{part} {names[k]}" for part, k in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+          + "".join(f"| {label} | " + " | ".join(num_fixed(n[part][k]) for part, k in cols) + " |\n" for label, n in numbers))
+    if figure:
+        md += f"\n![Grad-CAM on the target's images](views/{figure})\n\n*Grad-CAM on the target's images, one row per method*\n"
+    by_kind = [(label, json.loads((d / "metrics.json").read_text())["final"]["target"].get("auc_by_kind")) for label, d in runs]
+    kinds = list(dict.fromkeys(k for _, a in by_kind for k in (a or {})))
+    if kinds:
+        md += ("\nTarget AUC per held-out attack kind (live against that kind alone, attacks no source trained on):\n\n"
+               "| method | " + " | ".join(f"AUC {k}" for k in kinds) + " |\n|---|" + "---|" * len(kinds) + "\n"
+               + "".join(f"| {label} | " + " | ".join(pct((a or {}).get(k)) for k in kinds) + " |\n" for label, a in by_kind))
+    return md
+
+
+def num_fixed(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def tables_html(md: str) -> str:
+    """The markdown tables of `md` (runs of '|' lines) as HTML tables."""
     import html
 
     blocks, current = [], []
-    for l in table_md.splitlines():
+    for l in md.splitlines():
         if l.startswith("|"):
             current.append(l)
         elif current:
@@ -641,6 +721,34 @@ def report_html(protocol: str, preset: str, table_md: str, figures, pages, heade
         rows = [[html.escape(c.strip()) for c in l.strip("|").split("|")] for l in block if not l.startswith("|---")]
         tables += "<table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:]) + "</table>\n"
+    return tables
+
+
+def section_html(md: str) -> str:
+    """A report section's markdown as HTML: '## ' headings, tables, '![caption](src)' figures, paragraphs."""
+    import html
+    import re
+
+    out = ""
+    for part in re.split(r"\n\s*\n", md.strip()):
+        figure = re.fullmatch(r"!\[(.*)\]\((.*)\)", part.strip())
+        if part.startswith("## "):
+            out += f"<h2>{html.escape(part[3:].strip())}</h2>"
+        elif part.startswith("|"):
+            out += tables_html(part)
+        elif figure:
+            out += f'<figure><img src="{html.escape(figure[2])}" alt="{html.escape(figure[1])}"><figcaption>{html.escape(figure[1])}</figcaption></figure>'
+        elif not re.fullmatch(r"\*.*\*", part.strip()):      # a figure's caption line: already the figcaption
+            out += f"<p>{html.escape(part.strip())}</p>"
+    return out
+
+
+def report_html(protocol: str, preset: str, table_md: str, figures, pages, header=(), sections: str = "") -> str:
+    """The report as one HTML page (its header lines, the table converted from its markdown, figures beside it,
+    then `sections`, markdown such as `attention_section`'s)."""
+    import html
+
+    tables = tables_html(table_md)
     figs = "".join(f'<figure><img src="views/{n}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption></figure>' for n, t in figures)
     links = " · ".join(f'<a href="views/{n}">{n}</a>' for n in pages)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fasland study {protocol}</title><style>"
@@ -650,4 +758,4 @@ def report_html(protocol: str, preset: str, table_md: str, figures, pages, heade
             + ("<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in header) + "</ul>" if header else "") + f"{tables}"
             "<p>Conflict = mean over domain pairs of max(0, −cos) between per-domain gradients; width = length of the "
             f"1-D interval around θ where the source loss stays within {WIDTH_DELTA} of f(0).</p>"
-            f"<p>Interactive pages: {links}</p>{figs}</body></html>")
+            f"<p>Interactive pages: {links}</p>{figs}{section_html(sections)}</body></html>")

@@ -151,6 +151,10 @@ def test_the_command_writes_maps_sheets_and_fractions(tmp_path):
     for d in domains:
         assert (tmp_path / "att" / f"sheet_{d}.png").stat().st_size > 5000
     assert "face" in r.out
+    assert summary["samples"] == 4 and summary["method"] == "gradcam"
+    from analysis.attention import AttentionResult
+    back = AttentionResult.read(tmp_path / "att" / "attention.h5")     # what the study's figure reads
+    assert back.to_json() == summary
 
 
 def test_the_default_cam_layer_is_the_last_convolution_with_a_map_to_place():

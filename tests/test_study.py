@@ -31,3 +31,26 @@ def test_flat_curve_is_a_lower_bound_and_nan_stops_the_interval(tmp_path):
 def test_pca_axis_covers_the_path_with_margin():
     lo, hi, n = axis_around(np.array([-2.0, 0.0, 6.0]), 9).split(":")
     assert float(lo) == pytest.approx(-4.0) and float(hi) == pytest.approx(8.0) and n == "9"
+
+
+def test_attention_section_averages_the_sources_and_marks_unknown_regions(tmp_path):
+    """A SynthFAS run (every region known) beside a real-data one (only the face): the sources' cells are the
+    mean of the source domains, an unknown region is '–', and a protocol without held-out kinds has no AUC table."""
+    import json
+
+    from analysis.study import attention_section
+
+    def domain(face, edge_hand, background, area):
+        return {"all": {"face": face, "edge_hand": edge_hand, "background": background}, "area": {"face": area}}
+
+    runs = {"synth": {"A": domain(0.5, 0.1, 0.2, 0.3), "B": domain(0.7, 0.3, 0.0, 0.5), "T": domain(0.25, 0.5, 0.125, 0.375)},
+            "real": {"A": domain(0.6, None, None, 0.3), "B": domain(0.8, None, None, 0.3), "T": domain(0.9, None, None, 0.3)}}
+    for name, fractions in runs.items():
+        (tmp_path / name / "attention").mkdir(parents=True)
+        (tmp_path / name / "attention" / "attention.json").write_text(json.dumps({"target": "T", "fractions": fractions}))
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"final": {"target": {"auc": 0.9}}}))
+    md = attention_section([("S", tmp_path / "synth"), ("R", tmp_path / "real")], "attention.png")
+    rows = {l.split(" | ")[0][2:]: l.strip(" |").split(" | ")[1:] for l in md.splitlines() if l.startswith("| ")}
+    assert rows["S"] == ["0.250", "0.500", "0.125", "0.375", "0.600", "0.200", "0.100", "0.400"]
+    assert rows["R"] == ["0.900", "–", "–", "0.300", "0.700", "–", "–", "0.300"]
+    assert "](views/attention.png)" in md and "AUC per held-out" not in md
