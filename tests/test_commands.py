@@ -119,6 +119,13 @@ def test_study_function_runs_without_argv(tmp_path, monkeypatch):
     for words in ("- data: SynthFAS", "- preset: demo", "train.epochs = 2", "train.steps_per_epoch = 3", "pca_points=2",
                   "- device: cpu, 1 torch threads", "- versions: fasland", "torch "):
         assert words in text, words
+    # below them, each method's update rule per epoch as its metrics.json records it
+    from training.trainer import describe_rules
+
+    rules = json.loads((tmp_path / "st" / "erm" / "metrics.json").read_text())["update_rules"]
+    assert rules == ["erm", "erm"]
+    line = f"update rules: ERM: {describe_rules(rules)}"
+    assert f"- {line}\n" in text and f"<li>{line}</li>" in (tmp_path / "st" / "report.html").read_text()
 
 
 def test_entry_point_and_parsers_import_nothing_heavy():
