@@ -173,6 +173,10 @@ def test_help_lists_choices_and_defaults_and_keeps_the_old_solver_flag(capsys):
     assert "--solver {lanczos,power}" in help_of["hessian"] and "--method" not in help_of["hessian"]
     assert "(default: 100)" in help_of["hessian"] and "(default: both)" in help_of["conflicts"]
     assert parser().parse_args(["hessian", "--checkpoint", "c", "--method", "power", "--out", "h"]).solver == "power"
+    from training.algorithms import GACFAS    # ρ, η, α quoted from the one registry, read there without torch
+
+    for flag, what in (("rho", "ascent radius ρ for SAM and GAC-FAS"), ("eta", "GAC-FAS η"), ("alpha", "GAC-FAS α")):
+        assert f"--{flag} {flag.upper()} {what} (default: the checkpoint's, else GAC-FAS's {GACFAS.defaults()[flag]})" in help_of["conflicts"]
 
 
 def test_choice_names_equal_their_registries():
