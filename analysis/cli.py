@@ -6,6 +6,7 @@ import argparse
 from analysis.sizes import LABELS, SETTINGS
 from landscape.cli import probe_flags
 from training.data.protocols import PROTOCOLS
+from training.names import declared_hparams
 
 
 def register(sub) -> None:
@@ -37,9 +38,7 @@ def register(sub) -> None:
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors")
-    _probe_flags(p)
-    p.add_argument("--out", required=True, help="result file FILE.json")
-    p.set_defaults(run=run_hessian)
+    _result_flags(p, run_hessian)
 
     p = sub.add_parser("conflicts", help="per-domain gradient cosines at θ and at the SAM / GAC-FAS ascent points",
                        description="The k×k cosine matrix of the source domains' gradients, their norms and the conflict "
@@ -49,18 +48,16 @@ def register(sub) -> None:
                                    "`mpiexec -n N` spreads domains or checkpoints over ranks. Rerunning reuses finished parts.")
     p.add_argument("--checkpoint", default=None, help="a checkpoint.pt (default with --trajectory: RUN_DIR/checkpoint.pt if present)")
     p.add_argument("--at", default="both", choices=["theta", "ascent", "both"], help="θ only, or also the ascent points (ascent and both are the same)")
-    p.add_argument("--rho", type=float, default=None, help="ascent radius ρ for SAM and GAC-FAS (default: the checkpoint's, else 0.1)")
-    p.add_argument("--eta", type=float, default=None, help="GAC-FAS η (default: the checkpoint's, else 0.0)")
-    p.add_argument("--alpha", type=float, default=None, help="GAC-FAS α (default: the checkpoint's, else 0.0002)")
+    g = declared_hparams("gacfas", "GACFAS")      # the registry's defaults, read without importing torch
+    for flag, what in (("rho", "ascent radius ρ for SAM and GAC-FAS"), ("eta", "GAC-FAS η"), ("alpha", "GAC-FAS α")):
+        p.add_argument(f"--{flag}", type=float, default=None, help=f"{what} (default: the checkpoint's, else GAC-FAS's {g[flag]})")
     p.add_argument("--adaptive", action="store_true", default=None, help="adaptive SAM (ASAM) ascent (default: the checkpoint's setting)")
     p.add_argument("--official-accumulation", action="store_true", default=None,
                    help="GAC-FAS ascent points by the released code's accumulation (default: the checkpoint's setting)")
     p.add_argument("--trajectory", default=None, metavar="RUN_DIR", help="also every RUN_DIR/checkpoints/epoch_*.pt")
     p.add_argument("--interval-subsets", type=int, default=4, metavar="B",
                    help="95%% intervals of the cosines at θ from a bootstrap over B client subsets per domain (0: none)")
-    _probe_flags(p)
-    p.add_argument("--out", required=True, help="result file FILE.json")
-    p.set_defaults(run=run_conflicts)
+    _result_flags(p, run_conflicts)
 
     p = sub.add_parser("study", help="train methods side by side, then surfaces, sharpness, conflicts, views and a report",
                        description="The whole comparison in one command: trains each method (reusing finished runs), "
@@ -91,8 +88,11 @@ def register(sub) -> None:
     p.set_defaults(run=run_study)
 
 
-def _probe_flags(p) -> None:
+def _result_flags(p, run) -> None:
+    """How a result command's parser ends: the probe flags, --out FILE.json and the function it runs."""
     probe_flags(p, "probe (data and protocol default to the checkpoint's)")
+    p.add_argument("--out", required=True, help="result file FILE.json")
+    p.set_defaults(run=run)
 
 
 def _probe_args(args) -> dict:

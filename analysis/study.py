@@ -358,7 +358,7 @@ class Study:
     def header(self) -> list[str]:
         """Where the numbers come from, one line each: the data root, the preset and every override (training
         config keys that differ from the preset's, analysis sizes that differ from the preset's), the device and
-        threads, the versions."""
+        threads, the versions, then each method's update rules per epoch."""
         import torch
 
         from training.device import pick_device
@@ -381,7 +381,18 @@ class Study:
                 + (", ".join(f"{k} = {v}" for k, v in sorted(overrides.items())) or "none")
                 + "; analysis sizes: " + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "the preset's"),
                 f"device: {pick_device(self.options['device'])}, {threads} torch threads",
-                "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
+                "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()), self.rules_line()]
+
+    def rules_line(self) -> str:
+        """'update rules: ERM: epochs 1–6 erm; SAM: epoch 1 erm-warming, 2–6 sam': each method's rule per epoch
+        (metrics.json `update_rules`, index 0 = epoch 1, by training.trainer.describe_rules)."""
+        from training.trainer import describe_rules
+
+        def rules(m):
+            r = json.loads((self.run_dir(m) / "metrics.json").read_text()).get("update_rules")
+            return describe_rules(r) if r else "not trained here"   # a brought model's metrics.json has none
+
+        return "update rules: " + "; ".join(f"{LABELS[m]}: {rules(m)}" for m in self.methods)
 
     def report(self) -> Path:
         from training.checkpoint import atomic_write

@@ -119,6 +119,13 @@ def test_study_function_runs_without_argv(tmp_path, monkeypatch):
     for words in ("- data: SynthFAS", "- preset: demo", "train.epochs = 2", "train.steps_per_epoch = 3", "pca_points=2",
                   "- device: cpu, 1 torch threads", "- versions: fasland", "torch "):
         assert words in text, words
+    # below them, each method's update rule per epoch as its metrics.json records it
+    from training.trainer import describe_rules
+
+    rules = json.loads((tmp_path / "st" / "erm" / "metrics.json").read_text())["update_rules"]
+    assert rules == ["erm", "erm"]
+    line = f"update rules: ERM: {describe_rules(rules)}"
+    assert f"- {line}\n" in text and f"<li>{line}</li>" in (tmp_path / "st" / "report.html").read_text()
 
 
 def test_entry_point_and_parsers_import_nothing_heavy():
@@ -166,6 +173,10 @@ def test_help_lists_choices_and_defaults_and_keeps_the_old_solver_flag(capsys):
     assert "--solver {lanczos,power}" in help_of["hessian"] and "--method" not in help_of["hessian"]
     assert "(default: 100)" in help_of["hessian"] and "(default: both)" in help_of["conflicts"]
     assert parser().parse_args(["hessian", "--checkpoint", "c", "--method", "power", "--out", "h"]).solver == "power"
+    from training.algorithms import GACFAS    # ρ, η, α quoted from the one registry, read there without torch
+
+    for flag, what in (("rho", "ascent radius ρ for SAM and GAC-FAS"), ("eta", "GAC-FAS η"), ("alpha", "GAC-FAS α")):
+        assert f"--{flag} {flag.upper()} {what} (default: the checkpoint's, else GAC-FAS's {GACFAS.defaults()[flag]})" in help_of["conflicts"]
 
 
 def test_choice_names_equal_their_registries():

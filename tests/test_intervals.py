@@ -9,7 +9,7 @@ from analysis.intervals import client_subsets, conflict_interval, gram_cosine_re
 from reliability_fixtures import tiny_run  # noqa: F401  (the session fixture)
 from test_metrics import brute_force
 from training.errors import FaslandError
-from training.metrics import client_intervals
+from training.metrics import client_draws, client_intervals, fas_metrics, replicate_metrics
 from training.probe import Probe
 
 
@@ -48,6 +48,35 @@ def test_client_bootstrap_equals_independent_numpy_resampling():
     assert got["clients"] == 8 and got["n_boot"] == 60
     np.testing.assert_allclose(got["hter"], hter, atol=1e-12)
     np.testing.assert_allclose(got["auc"], auc, atol=1e-12)
+
+
+def frame_resamples(labels, clients, n_boot, seed):
+    """The replicates as frame index arrays, drawn as the per-replicate bootstrap drew them before it was vectorized."""
+    ids = np.unique(clients)
+    members = [np.flatnonzero(clients == k) for k in ids]
+    rng = np.random.default_rng(seed)
+    made = 0
+    while made < n_boot:
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+        if len(np.unique(labels[idx])) == 2:
+            made += 1
+            yield idx
+
+
+def test_all_replicates_at_once_equal_sklearn_per_replicate():
+    """Ties, 1–9 frames per client, one-class clients and a non-finite score: each replicate's HTER equals
+    fas_metrics (sklearn's ROC) on its frames bit for bit, its AUC to 1e-12 (NaN where it holds the NaN)."""
+    rng = np.random.default_rng(7)
+    c = np.repeat(np.arange(30), rng.integers(1, 10, 30))
+    y = (rng.random(30) < 0.5)[c].astype(np.int64)
+    y[::4] = 1 - y[::4]
+    s = np.round(rng.normal(y * 0.8, 1.0), 1)
+    s[5] = np.nan
+    hter, auc = replicate_metrics(s, y, *client_draws(y, c, 300, seed=2))
+    ref = [fas_metrics(s[i], y[i]) for i in frame_resamples(y, c, 300, 2)]
+    np.testing.assert_array_equal(hter, [r["hter"] for r in ref])
+    np.testing.assert_allclose(auc, [r["auc"] for r in ref], rtol=0, atol=1e-12)
+    assert 0 < np.isnan(hter).sum() < 300 and len(np.unique(hter[np.isfinite(hter)])) > 10
 
 
 def test_client_bootstrap_redraws_one_class_draws():

@@ -38,6 +38,7 @@ def test_study_of_brought_checkpoints_trains_nothing(brought, tmp_path, monkeypa
     assert r.code == 0, r.err[-3000:]
     report = (out / "report.md").read_text()
     assert "| mine |" in report and "| theirs |" in report and "| GAC-FAS |" in report
+    assert "- update rules: mine: not trained here; theirs: not trained here; GAC-FAS: not trained here\n" in report
     for name in ("mine", "theirs", "gacfas"):
         assert not (out / name / "checkpoint.pt").exists() and not (out / name / "checkpoints").exists()   # nothing trained
         final = json.loads((out / name / "metrics.json").read_text())["final"]

@@ -1,4 +1,5 @@
-"""FAS metrics as the GAC-FAS evaluation computes them, from scikit-learn's ROC."""
+"""FAS metrics as the GAC-FAS evaluation computes them, from scikit-learn's ROC; the client bootstrap computes the
+same numbers for all its replicates at once in numpy."""
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -42,33 +43,76 @@ def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def client_resamples(labels, clients, n_boot: int, seed: int = 0):
-    """Index arrays of `n_boot` client-level bootstrap replicates: as many clients as there are, drawn with
-    replacement (numpy default_rng(seed)), each contributing all its frames in their order; a draw that holds
-    one class only is drawn again (frames of one client are not independent, so clients are the unit)."""
+def client_draws(labels, clients, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(frame_client, counts) of `n_boot` client-level bootstrap replicates: as many clients as there are, drawn
+    with replacement (numpy default_rng(seed)), each contributing all its frames; counts[r, c] is how often
+    replicate r drew client c (frame_client[f] = c for frame f). A draw that holds one class only is drawn again
+    (frames of one client are not independent, so clients are the unit)."""
     labels, clients = np.asarray(labels).ravel(), np.asarray(clients).ravel()
-    ids = np.unique(clients)
-    members = [np.flatnonzero(clients == c) for c in ids]
-    rng = np.random.default_rng(seed)
+    ids, frame_client = np.unique(clients, return_inverse=True)
     if len(np.unique(labels)) < 2:
         raise FaslandError("a client bootstrap needs both live (1) and spoof (0) samples; the evaluation set holds only one class")
+    k = len(ids)
+    live = np.bincount(frame_client, weights=labels == 1, minlength=k)
+    spoof = np.bincount(frame_client, weights=labels != 1, minlength=k)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, k), dtype=np.int64)
     made = 0
     while made < n_boot:
-        idx = np.concatenate([members[c] for c in rng.integers(0, len(ids), len(ids))])
-        if len(np.unique(labels[idx])) == 2:
+        c = np.bincount(rng.integers(0, k, k), minlength=k)
+        if c @ live > 0 and c @ spoof > 0:
+            counts[made] = c
             made += 1
-            yield idx
+    return frame_client, counts
+
+
+def replicate_metrics(scores, labels, frame_client, counts, block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """HTER and AUC of every replicate at once, each equal to `fas_metrics` of its frames (frame f weighed by
+    w_f = counts[r, frame_client[f]]). Over the distinct scores t_1 > … > t_G (the ROC thresholds),
+    TPR(t) = Σ_{live, s ≥ t} w / P and FPR(t) = Σ_{spoof, s ≥ t} w / N; HTER = (FPR + 1 − TPR)/2 at the first point
+    (from (0, 0)) minimizing |TPR + FPR − 1|; AUC = Σ_g live_g (spoof below t_g + spoof_g / 2) / (P N), ties
+    counted half. A replicate holding a non-finite score gets NaN. `block`: entries per (replicates × G) array."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    finite = np.isfinite(scores)
+    values, group = np.unique(np.where(finite, scores, 0.0), return_inverse=True)   # ascending
+    k, g = counts.shape[1], len(values)
+
+    def per_group(mask):       # frames of client c in score group g, (k × g)
+        m = np.zeros((k, g))
+        np.add.at(m, (frame_client[mask], group[mask]), 1.0)
+        return m
+
+    live, spoof = per_group((labels == 1) & finite), per_group((labels != 1) & finite)
+    bad = counts @ np.bincount(frame_client, weights=~finite, minlength=k) > 0
+    hter, auc = np.empty(len(counts)), np.empty(len(counts))
+    step = max(1, block // g)
+    with np.errstate(invalid="ignore", divide="ignore"):     # 0/0 only in the replicates marked bad
+        for a in range(0, len(counts), step):
+            w = counts[a:a + step].astype(np.float64)
+            pos, neg = w @ live, w @ spoof                          # exact: sums of whole numbers
+            tps, fps = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)     # thresholds descending
+            p, n = tps[:, -1:], fps[:, -1:]
+            zero = np.zeros((len(w), 1))
+            tpr, fpr = np.hstack([zero, tps / p]), np.hstack([zero, fps / n])
+            i = np.argmin(np.abs(tpr + fpr - 1.0), axis=1)
+            r = np.arange(len(w))
+            hter[a:a + step] = (fpr[r, i] + 1.0 - tpr[r, i]) / 2.0
+            below = np.cumsum(neg, axis=1) - neg
+            auc[a:a + step] = (pos * (below + 0.5 * neg)).sum(axis=1) / (p * n)[:, 0]
+    hter[bad] = auc[bad] = np.nan
+    return hter, auc
 
 
 def client_intervals(scores, labels, clients, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """95% (`level`) percentile intervals of HTER and AUC over `n_boot` client-level bootstrap replicates
-    (`client_resamples`), each replicate's metrics by `fas_metrics` (its own threshold)."""
+    (`client_draws`), each replicate's metrics as `fas_metrics` gives them (its own threshold), computed for all
+    replicates at once (`replicate_metrics`)."""
     scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
     if np.asarray(clients).size != scores.size:
         raise FaslandError(f"clients ({np.asarray(clients).size}) and scores ({scores.size}) differ in length; pass one client id per score")
-    reps = [fas_metrics(scores[i], labels[i]) for i in client_resamples(labels, clients, n_boot, seed)]
+    hter, auc = replicate_metrics(scores, labels, *client_draws(labels, clients, n_boot, seed))
     return {"level": level, "n_boot": n_boot, "clients": int(len(np.unique(clients))),
-            **{k: list(percentile_interval([r[k] for r in reps], level)) for k in ("hter", "auc")}}
+            "hter": list(percentile_interval(hter, level)), "auc": list(percentile_interval(auc, level))}
 
 
 def auc_by_kind(scores, labels, kinds) -> dict:
