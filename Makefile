@@ -25,16 +25,17 @@ sysdeps:
 	else echo "sysdeps: not root or no apt-get; the ParaView/Chromium tests will be skipped"; fi
 
 demo: $(STAMP)
-	$(BIN)/fasland study --protocol ICM2O --methods erm,sam,gacfas --preset demo --out runs/demo
+	$(BIN)/fasland study --protocol ICM2O --methods erm,sam,gacfas --preset demo64 --out runs/demo
 
+# Two workers, one file each at a time (a file's module fixtures are built once); tests use one torch thread.
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 figures: $(STAMP)
-	$(BIN)/fasland study --protocol ICM2O --methods erm,sam,gacfas --preset demo --out runs/demo --figures figures
+	$(BIN)/fasland study --protocol ICM2O --methods erm,sam,gacfas --preset demo64 --out runs/demo --figures figures
 
 clean:
 	rm -rf runs
