@@ -169,7 +169,7 @@ def test_help_lists_choices_and_defaults_and_keeps_the_old_solver_flag(capsys):
         with pytest.raises(SystemExit):
             parser().parse_args([cmd, "--help"])
         help_of[cmd] = " ".join(capsys.readouterr().out.split())
-    assert "--preset {demo,paper}" in help_of["train"] and "--method {erm,sam,gacfas,rfm}" in help_of["train"]
+    assert "--preset {demo,demo64,paper}" in help_of["train"] and "--method {erm,sam,gacfas,rfm}" in help_of["train"]
     assert "--solver {lanczos,power}" in help_of["hessian"] and "--method" not in help_of["hessian"]
     assert "(default: 100)" in help_of["hessian"] and "(default: both)" in help_of["conflicts"]
     assert parser().parse_args(["hessian", "--checkpoint", "c", "--method", "power", "--out", "h"]).solver == "power"
