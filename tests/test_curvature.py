@@ -4,6 +4,10 @@ eigenvalues, per-block sharpness, Hutch++, sampling uncertainty, Hessian eigenve
 convexity map on a loss whose curvature is known in closed form at every point; BatchNorm recomputed at
 moved weights against torch.optim.swa_utils.update_bn; bf16 autocast against float32."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -433,11 +437,6 @@ def test_surface_command_hessian_directions_and_convexity_map(tmp_path, monkeypa
     assert len(np.unique(np.round(s.arrays["lambda_max"], 6))) > 1     # the curvature changes over the plane
 
     # two MPI ranks split the points and give the same map (the directions are reused from the file)
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from test_conflicts import VENV_BIN, WRAPPER
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 METHODS = ("erm", "sam", "gacfas", "rfm")      # training.algorithms.ALGORITHMS
-PRESETS = ("demo", "demo64", "paper")                    # training.presets.PRESETS
+PRESETS = ("demo", "demo64", "paper")          # training.presets.PRESETS
 
 
 def declared_hparams(module: str, name: str) -> dict:
