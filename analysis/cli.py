@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--per-block", action="store_true", help="also λ_max and trace of each top-level block's Hessian (stem, layer1…layer4, head)")
     p.add_argument("--sample-batches", type=int, default=0, metavar="B",
                    help="also the eigenvalues (and trace) on B disjoint probe subsets: mean, std, 95%% interval, and λ_max at 1, 2, 4, … samples")
+    p.add_argument("--sample-growth", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --sample-batches, also λ_max (and trace) at 1, 2, 4, … samples (about twice the subsets' products)")
     p.add_argument("--hvp", default="double_backward", choices=["double_backward", "forward_over_reverse"],
                    help="how Hessian-vector products are taken (analysis.hessian.HVP_METHODS; the default is the faster)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors")
@@ -107,7 +109,7 @@ def run_hessian(args) -> int:
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
                 density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed,
                 bottom_k=args.bottom_k, per_block=args.per_block, sample_batches=args.sample_batches,
-                trace_method=args.trace_method, **_probe_args(args))
+                sample_growth=args.sample_growth, trace_method=args.trace_method, **_probe_args(args))
     if _is_root():
         print(hessian_summary(r, args.out))
     return 0

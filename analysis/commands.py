@@ -113,7 +113,8 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
             per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, bottom_k: int = 0,
-            per_block: bool = False, sample_batches: int = 0, trace_method: str = hs.TRACE_METHOD, data=None,
+            per_block: bool = False, sample_batches: int = 0, sample_growth: bool = True,
+            trace_method: str = hs.TRACE_METHOD, data=None,
             max_samples: int = 256, batch_size: int = 256, device: str = "auto", threads: int | None = None,
             frames_per_video: int = 1) -> HessianResult:
     """Sharpness of L(θ) on the checkpoint's probe (source domains, eval mode): the top_k eigenvalues
@@ -122,7 +123,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     (Hutch++ or Hutchinson, with its standard error); with density=True the SLQ spectral density; with
     per_domain=True λ_max of each source domain and of the target; with per_block=True λ_max and trace of
     each top-level block's Hessian (analysis.hessian.block_sharpness); with sample_batches=B the spread of
-    the eigenvalues (and trace) over B disjoint probe subsets and at growing sample counts.
+    the eigenvalues (and trace) over B disjoint probe subsets and (sample_growth) at growing sample counts.
 
     Sections are computed in turn and `out` rewritten after each; a section already there with the same
     checkpoint, probe and settings is reused. Returns the HessianResult (the JSON's schema)."""
@@ -167,7 +168,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
                                      "trace_method": trace_method}))
     if sample_batches:
         wanted.append(("sampling", {**eig, "method": "lanczos", "subsets": sample_batches, "trace": trace,
-                                    "trace_samples": trace_samples, "trace_method": trace_method}))
+                                    "trace_samples": trace_samples, "trace_method": trace_method, "growth": sample_growth}))
     # keep what an earlier run of this checkpoint and probe computed, settings and all
     for name, info in (previous.sections if previous is not None else {}).items():
         result.sections[name] = info
@@ -213,8 +214,8 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
         elif name == "sampling":
             H, bar = None, progress_bar(w, None, f"eigenvalues on {sample_batches} probe subsets", "hvp")
             result.sampling = hs.sampling_uncertainty(model, probe.loss_fn, batches("train"), sample_batches, top_k,
-                                                      trace, tol, seed, trace_samples, trace_method, max_iter, hvp=hvp,
-                                                      world=w, progress=bar)
+                                                      trace, tol, seed, trace_samples, trace_method, max_iter,
+                                                      growth=sample_growth, hvp=hvp, world=w, progress=bar)
         elif name == "density":
             H = operator("train")
             H.progress = bar = progress_bar(w, density_iter * density_runs, "density", "hvp")

@@ -168,8 +168,9 @@ class Study:
         from training.commands import train, train_summary
 
         self.say(f"train {LABELS[m]}")
+        earlier = [self.run_dir(e) for e in self.methods[:self.methods.index(m)] if e not in self.given]
         metrics = train(self.protocol, m, self.run_dir(m), preset=self.preset, data=self.options["data"],
-                        config=self.options["config"], seed=self.seed,
+                        config=self.options["config"], seed=self.seed, warm_from=earlier,
                         keep_checkpoints=self.options.get("keep_checkpoints"), **self.device)
         print(train_summary(metrics, m, self.protocol, self.run_dir(m)))
 
@@ -234,7 +235,8 @@ class Study:
         r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
                     trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
                     density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=1,
-                    per_block=True, sample_batches=self.s["sample_batches"], **self.device)
+                    per_block=True, sample_batches=self.s["sample_batches"], sample_growth=bool(self.s["sample_growth"]),
+                    **self.device)
         print(hessian_summary(r, out))
 
     def conflicts(self, m: str) -> None:

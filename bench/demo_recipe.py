@@ -27,6 +27,7 @@ def main() -> int:
     p.add_argument("--protocol", default="ICM2O")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warming", type=int, default=None, help="train.minimizer_warming (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="train.seed (the data and directions stay the preset's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for recipe in args.recipes:
@@ -34,7 +35,7 @@ def main() -> int:
         px, epochs, steps, lr_step = int(px), int(epochs), int(steps), int(lr_step)
         over = {"data": {"image_size": px}, "hparams": {"lr": float(lr[0])} if lr else {},
                 "train": {"epochs": epochs, "steps_per_epoch": steps, "lr_step": lr_step, "lr_gamma": 0.5,
-                          "eval_every": 10 ** 6, "save_every": 10 ** 6}}
+                          "eval_every": 10 ** 6, "save_every": 10 ** 6, "seed": args.seed}}
         if args.warming is not None:
             over["train"]["minimizer_warming"] = args.warming
         config = make_config(args.protocol, args.method, "demo", over)
@@ -42,7 +43,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as run, contextlib.redirect_stdout(sys.stderr):
             final = train(config, run, "cpu", progress=False)["final"]
         wall, cpu = time.time() - wall, time.process_time() - cpu
-        print(f"| {args.method} | {args.protocol} | {px} | {epochs}×{steps} | {lr_step or '–'} | {config['train']['minimizer_warming']} | {config['hparams']['lr']:g} | "
+        print(f"| {args.method} | {args.protocol} | {args.seed} | {px} | {epochs}×{steps} | {lr_step or '–'} | {config['train']['minimizer_warming']} | {config['hparams']['lr']:g} | "
               f"{100 * final['sources']['hter']:.2f}% | {100 * final['target']['hter']:.2f}% | {wall:.0f} | {cpu:.0f} | "
               f"{1000 * cpu / (epochs * steps):.0f} | {load:.2f} |", flush=True)
     return 0

@@ -97,3 +97,46 @@ def test_a_run_on_older_synthfas_images_is_refused_not_reused(tmp_path):
     with pytest.raises(FaslandError, match=f"data.synth_version {synth.VERSION - 1} → {synth.VERSION}"):
         prepare_run_dir(tmp_path / "run", config)
     assert "synth_version" not in make_config("ICM2O", "erm", "demo", {"data": {"root": str(tmp_path)}})["data"]
+
+
+@pytest.mark.parametrize("method", ["sam", "gacfas"])
+def test_a_run_warm_started_from_erm_equals_one_trained_from_epoch_zero(tmp_path, method):
+    """The warming epochs are plain ERM steps: starting from the ERM run's warming.pt gives, bit for bit, the
+    weights, step log, evaluations and trajectory of a run that trained them itself."""
+    erm = train(tiny("erm", epochs=3, minimizer_warming=2), tmp_path / "erm", progress=False)
+    assert (tmp_path / "erm" / "warming.pt").is_file() and erm["evaluations"][1]["epoch"] == 2
+    config = tiny(method, epochs=3, minimizer_warming=2)
+    scratch = train(config, tmp_path / "scratch", progress=False)
+    warm = train(config, tmp_path / "warm", progress=False, warm_from=[tmp_path / "erm"])
+    a, b = tmp_path / "scratch", tmp_path / "warm"
+    assert "taken from" in (b / "train.log").read_text() and "taken from" not in (a / "train.log").read_text()
+    assert json.dumps(warm) == json.dumps(scratch)
+    assert (a / "steps.jsonl").read_text() == (b / "steps.jsonl").read_text()
+    assert [json.loads(l)["rule"] for l in (b / "steps.jsonl").read_text().splitlines()] == ["erm-warming"] * 6 + [method] * 3
+    for name in ("checkpoint.pt", "checkpoints/epoch_000.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt",
+                 "checkpoints/epoch_003.pt"):
+        ca, cb = (torch.load(d / name, weights_only=True) for d in (a, b))
+        assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"]), name
+        assert json.dumps(ca["metrics"]) == json.dumps(cb["metrics"]) and ca["config"] == cb["config"] == config, name
+    # the ERM run itself differs after the warming: the method's own epochs did train
+    e = weights(tmp_path / "erm" / "checkpoint.pt")
+    assert not torch.equal(e["head.weight"], weights(b / "checkpoint.pt")["head.weight"])
+
+
+def test_warm_start_needs_the_same_configuration_and_an_erm_warming(tmp_path):
+    from training.commands import train as train_command
+    from training.trainer import find_warming
+
+    train(tiny("erm", epochs=2, minimizer_warming=1), tmp_path / "erm", progress=False)
+    state, run, _ = find_warming(tiny("sam", epochs=2, minimizer_warming=1), [tmp_path / "nothing", tmp_path / "erm"])
+    assert run == tmp_path / "erm" and state["epoch"] == 1
+    other = make_config("ICM2O", "sam", "demo", {**TINY, "train": {**TINY["train"], "minimizer_warming": 1},
+                                                 "hparams": {"lr": 0.02}})
+    assert find_warming(other, [tmp_path / "erm"])[0] is None
+    assert "hparams.lr 0.01 → 0.02" in find_warming(other, [tmp_path / "erm"])[2][0]
+    assert find_warming(tiny("rfm", epochs=2, minimizer_warming=1), [tmp_path / "erm"])[0] is None   # RFM warms multi-task
+    with pytest.raises(FaslandError, match="--warm-from .* warmed with another configuration .*train.batch_per_domain 4 → 8"):
+        train_command("ICM2O", "sam", tmp_path / "sam", config={**TINY, "train": {**TINY["train"], "batch_per_domain": 8,
+                                                                                  "minimizer_warming": 1}},
+                      warm_from=tmp_path / "erm", threads=1)
+    assert not (tmp_path / "sam").exists()

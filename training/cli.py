@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
     p.add_argument("--pretrained", default=None, help="a local torchvision resnet18 state_dict (nothing downloads)")
+    p.add_argument("--warm-from", default=None, metavar="RUN_DIR",
+                   help="start from the train.minimizer_warming plain-ERM epochs of this run (e.g. the ERM run of the same "
+                        "config) instead of training them again; the result is bit-identical")
     p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="run directory")
@@ -36,7 +39,7 @@ def run_train(args) -> int:
 
     metrics = train(args.protocol, args.method, args.out, preset=args.preset, config=args.config, data=args.data,
                     image_size=args.image_size, epochs=args.epochs, seed=args.seed, pretrained=args.pretrained,
-                    keep_checkpoints=args.keep_checkpoints, device=args.device, threads=args.threads)
+                    keep_checkpoints=args.keep_checkpoints, warm_from=args.warm_from, device=args.device, threads=args.threads)
     print(train_summary(metrics, args.method, args.protocol, args.out))
     return 0
 

@@ -40,20 +40,30 @@ def run_config(protocol: str, method: str, preset: str = "demo", config=None, da
 
 
 def train(protocol: str, method: str, out, *, preset: str = "demo", config=None, data=None, image_size=None,
-          epochs=None, seed=None, pretrained=None, keep_checkpoints=None, device: str = "auto",
+          epochs=None, seed=None, pretrained=None, keep_checkpoints=None, warm_from=None, device: str = "auto",
           threads: int | None = None) -> dict:
     """Train `method` on the protocol's source domains into the run directory `out` (resumed from its last
     epoch when rerun, continued when `epochs` grew); returns its metrics (metrics.json). keep_checkpoints=N
-    keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last always)."""
+    keeps the trajectory checkpoint of every N-th epoch (epoch 0 and the last always). warm_from: a run
+    directory (or a list of them, the first that fits is taken) of the same configuration whose plain-ERM
+    warming epochs this run shares instead of training them again (training.trainer.find_warming); a single
+    folder that does not fit is an error, a list falls back to training from epoch 0."""
     cfg = run_config(protocol, method, preset, config, data, image_size, epochs, seed, pretrained, keep_checkpoints)
     import torch
 
     from training.device import pick_device
-    from training.trainer import train as train_run
+    from training.trainer import find_warming, train as train_run
 
+    if isinstance(warm_from, (str, Path)):
+        fresh = not (Path(out) / "resume.pt").exists() and not (Path(out) / "checkpoint.pt").exists()
+        _, _, why = find_warming(cfg, [warm_from]) if fresh else (None, None, [])
+        if why:
+            raise FaslandError(f"--warm-from {warm_from}: {why[0]}; pass the run directory of the same protocol, preset "
+                               "and config (any method but rfm) trained past train.minimizer_warming, or leave --warm-from out")
+        warm_from = [warm_from]
     if threads:
         torch.set_num_threads(threads)
-    return train_run(cfg, out, pick_device(device), asked_rules=asks_for_rules(config))
+    return train_run(cfg, out, pick_device(device), asked_rules=asks_for_rules(config), warm_from=warm_from)
 
 
 def asks_for_rules(config) -> bool:

@@ -12,7 +12,7 @@ import yaml
 from tqdm import tqdm
 
 from training.algorithms import algorithm_class, make_algorithm
-from training.checkpoint import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
+from training.checkpoint import atomic_save, atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 from training.data import normalize
 from training.data.protocols import load_protocol_domain, parse_protocol
 from training.errors import FaslandError
@@ -250,6 +250,70 @@ def check_update_rules(config: dict, asked: bool = False) -> str | None:
                        f"train.head_only_epochs in --config to ask for it")
 
 
+# ---- warm start: the ERM warming epochs are shared ----------------------------------------------------
+WARMING = "warming.pt"      # a run's full state (model, optimizer, evaluations) after its train.minimizer_warming epochs
+
+
+def warming_key(config: dict) -> dict:
+    """What a run's first train.minimizer_warming epochs compute from: its config without the method and with only
+    the hyper-parameters of the plain ERM step (training.algorithms.base.Algorithm.HPARAMS). Two runs with equal
+    keys, both of methods that warm as ERM (`warms_as_erm`), are bit-identical up to that epoch."""
+    from training.algorithms.base import Algorithm
+
+    key = {k: v for k, v in config.items() if k != "method"}
+    key["hparams"] = {k: config["hparams"].get(k) for k in Algorithm.defaults()}
+    return key
+
+
+def shares_warming(config: dict) -> bool:
+    """The run's warming epochs are plain ERM steps of the base SGD, and some epochs follow them."""
+    w = config["train"]["minimizer_warming"]
+    return algorithm_class(config["method"]).warms_as_erm and 0 < w < config["train"]["epochs"]
+
+
+def find_warming(config: dict, candidates) -> tuple[dict | None, Path | None, list[str]]:
+    """The first of the run directories `candidates` whose warming.pt a run of `config` can start from:
+    (its state, its folder, []), or (None, None, why each was refused)."""
+    why = []
+    if not shares_warming(config):
+        return None, None, [f"{config['method']} does not warm as plain ERM for train.minimizer_warming = "
+                            f"{config['train']['minimizer_warming']} of {config['train']['epochs']} epochs"]
+    for run in map(Path, candidates or []):
+        path = run / WARMING
+        if not path.is_file():
+            why.append(f"'{run}' holds no {WARMING}")
+            continue
+        state = load_checkpoint(path)
+        other = state["config"]
+        changed = config_differences(warming_key(other), warming_key(config), GROWABLE)
+        if not algorithm_class(other.get("method", "")).warms_as_erm:
+            changed.append(f"method {other.get('method')} does not warm as plain ERM")
+        if changed or state["epoch"] != config["train"]["minimizer_warming"]:
+            why.append(f"'{run}' warmed with another configuration ({'; '.join(changed) or 'epoch ' + str(state['epoch'])})")
+            continue
+        return state, run, []
+    return None, None, why
+
+
+def warm_start(state: dict, source: Path, out: Path, config: dict, arch: dict, rules: list[str]) -> None:
+    """Give the run in `out` the warming epochs of `source`: its steps.jsonl lines (with this run's rule) and its
+    trajectory checkpoints up to that epoch (with this run's config and metrics), as a run trained from epoch 0
+    would have written them; the model and optimizer follow from `state` as on a resume."""
+    t, start = config["train"], state["epoch"]
+    lines = [json.loads(l) for l in (source / "steps.jsonl").read_text().splitlines() if step_epoch(l) <= start]
+    atomic_write(out / "steps.jsonl", lambda tmp: tmp.write_text(
+        "".join(json.dumps({**l, "rule": rules[l["epoch"] - 1]}) + "\n" for l in lines)))
+    evaluations = [without_intervals(e) for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
+    for path in (source / "checkpoints").glob("epoch_*.pt"):
+        epoch = int(path.stem[len("epoch_"):])
+        if epoch <= start and (epoch == 0 or epoch % t["save_every"] == 0):
+            ckpt = load_checkpoint(path)
+            done = [e for e in evaluations if e["epoch"] <= epoch]
+            atomic_save({**ckpt, "arch": arch, "config": config,
+                         "metrics": summarize(done, t["eval_last"], rules[:epoch]) if epoch else summarize([], 0)},
+                        out / "checkpoints" / path.name)
+
+
 def prune_trajectory(out: Path, t: dict) -> None:
     """Keep checkpoints/epoch_000.pt, every save_every-th epoch and the last; delete the others (a previous
     last epoch of a run that was continued, or epochs of an earlier --keep-checkpoints)."""
@@ -262,10 +326,13 @@ def prune_trajectory(out: Path, t: dict) -> None:
             path.unlink(missing_ok=True)
 
 
-def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rules: bool = False) -> dict:
+def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rules: bool = False, warm_from=None) -> dict:
     """Train (or resume, continue to more epochs, or skip if finished) the run of `config` into `out_dir`;
     returns metrics.json's content. A method that would never apply its own update is refused unless
-    `asked_rules` (the user chose the warming / head-only epochs), then it is warned about."""
+    `asked_rules` (the user chose the warming / head-only epochs), then it is warned about.
+    warm_from: run directories (e.g. the ERM run of the same study) whose warming.pt a new run starts from
+    instead of training its train.minimizer_warming plain-ERM epochs again (`find_warming`; the result is
+    bit-identical to training them); none that fits, and the run trains from epoch 0."""
     out = Path(out_dir)
     t, device = config["train"], torch.device(device)
     for key in ("epochs", "steps_per_epoch", "batch_per_domain", "save_every"):
@@ -290,6 +357,9 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
     if finished is not None and state is None:
         raise FaslandError(f"cannot continue '{out}' from epoch {finished} to {t['epochs']}: its resume.pt (the optimizer state) "
                            f"is gone; pass --epochs {finished} or a new --out")
+    warmed_by = None
+    if state is None and warm_from:
+        state, warmed_by, _ = find_warming(config, warm_from)
 
     torch.manual_seed(t["seed"])
     arch = {k: v for k, v in config["model"].items() if k != "pretrained"}
@@ -319,7 +389,12 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
         # a continued run keeps the evaluations a run trained this long from the start makes
         evaluations = [e if e["epoch"] == t["epochs"] else without_intervals(e)   # only the last epoch has intervals
                        for e in state["metrics"]["evaluations"] if should_evaluate(e["epoch"], t)]
-        log.info(f"resumed from epoch {start}" + (f" (a finished run of {finished} epochs continued to {t['epochs']})" if finished else ""))
+        if warmed_by is not None:
+            warm_start(state, warmed_by, out, config, arch, rules)
+            log.info(f"epochs 1–{start} ({rules[start - 1]}) taken from {warmed_by / WARMING}: the same plain ERM steps")
+            tqdm.write(f"{config['method']}: epochs 1–{start} taken from {warmed_by} (the same plain ERM warming)", file=sys.stderr)
+        else:
+            log.info(f"resumed from epoch {start}" + (f" (a finished run of {finished} epochs continued to {t['epochs']})" if finished else ""))
     metrics = summarize(evaluations, t["eval_last"], rules[:start])
     steps_log = out / "steps.jsonl"
     keep = [l for l in steps_log.read_text().splitlines() if step_epoch(l) <= start] if steps_log.exists() and start else []
@@ -359,6 +434,9 @@ def train(config: dict, out_dir, device="cpu", progress: bool = True, asked_rule
                 save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt", model, arch, config, epoch + 1, metrics)
             save_checkpoint(resume, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict(),
                             algorithm=algo.extra_state())
+            if epoch + 1 == t["minimizer_warming"] and shares_warming(config):   # what later runs can start from
+                save_checkpoint(out / WARMING, model, arch, config, epoch + 1, metrics, optimizer=algo.optimizer.state_dict(),
+                                algorithm=algo.extra_state())
     save_checkpoint(out / "checkpoint.pt", model, arch, config, t["epochs"], metrics, algorithm=algo.extra_state())
     atomic_write_json(out / "metrics.json", metrics)
     prune_trajectory(out, t)

@@ -62,6 +62,9 @@ class Algorithm:
         "supcon_weight": 0.0,        # two-view supervised-contrastive feature loss (0 = off; paper 0.2)
     }
     needs_depth = False              # update() takes (x, y, depth) per domain (RFM)
+    warms_as_erm = True              # its `warming` step is ERM's (erm_gradient + the base SGD step), so a run's
+                                     # warming epochs equal an ERM run's (the trainer's warm start; every domain is
+                                     # in every trainer batch, so the GAC-FAS denominators agree too)
 
     @classmethod
     def defaults(cls) -> dict:

@@ -65,6 +65,7 @@ class RFM(Algorithm):
     """update([(x_i, y_i, depth_i)]) → one RFM step; depth_i [B,H,W] in [0,1] (float) or 0..255 (uint8)."""
 
     needs_depth = True
+    warms_as_erm = False             # its warming step is multi-task (classification + depth)
 
     HPARAMS = {
         "meta_lr": 1e-3,            # α, the inner step on θ_M
