@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--density-runs", type=int, default=1, help="SLQ runs (random start vectors)")
     p.add_argument("--per-domain", action="store_true", help="also λ_max of each source domain and of the target")
     p.add_argument("--per-block", action="store_true", help="also λ_max and trace of each top-level block's Hessian (stem, layer1…layer4, head)")
+    p.add_argument("--per-block-trace", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --per-block, also each block's trace (trace-samples products per block)")
     p.add_argument("--sample-batches", type=int, default=0, metavar="B",
                    help="also the eigenvalues (and trace) on B disjoint probe subsets: mean, std, 95%% interval, and λ_max at 1, 2, 4, … samples")
     p.add_argument("--sample-growth", action=argparse.BooleanOptionalAction, default=True,
@@ -57,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--official-accumulation", action="store_true", default=None,
                    help="GAC-FAS ascent points by the released code's accumulation (default: the checkpoint's setting)")
     p.add_argument("--trajectory", default=None, metavar="RUN_DIR", help="also every RUN_DIR/checkpoints/epoch_*.pt")
+    p.add_argument("--trajectory-at", default=None, choices=["theta", "ascent", "both"],
+                   help="the points measured at each trajectory checkpoint (default: --at's)")
     p.add_argument("--interval-subsets", type=int, default=4, metavar="B",
                    help="95%% intervals of the cosines at θ from a bootstrap over B client subsets per domain (0: none)")
     _result_flags(p, run_conflicts)
@@ -108,8 +112,8 @@ def run_hessian(args) -> int:
     r = hessian(args.checkpoint, args.out, top_k=args.top_k, solver=args.solver, tol=args.tol, max_iter=args.max_iter,
                 trace=args.trace, trace_samples=args.trace_samples, density=args.density, density_iter=args.density_iter,
                 density_runs=args.density_runs, per_domain=args.per_domain, hvp=args.hvp, seed=args.seed,
-                bottom_k=args.bottom_k, per_block=args.per_block, sample_batches=args.sample_batches,
-                sample_growth=args.sample_growth, trace_method=args.trace_method, **_probe_args(args))
+                bottom_k=args.bottom_k, per_block=args.per_block, per_block_trace=args.per_block_trace,
+                sample_batches=args.sample_batches, sample_growth=args.sample_growth, trace_method=args.trace_method, **_probe_args(args))
     if _is_root():
         print(hessian_summary(r, args.out))
     return 0
@@ -126,7 +130,7 @@ def run_conflicts(args) -> int:
 
     r = conflicts(args.checkpoint, args.out, at=args.at, rho=args.rho, eta=args.eta, alpha=args.alpha,
                   adaptive=args.adaptive, official_accumulation=args.official_accumulation, trajectory=args.trajectory,
-                  interval_subsets=args.interval_subsets, **_probe_args(args))
+                  trajectory_at=args.trajectory_at, interval_subsets=args.interval_subsets, **_probe_args(args))
     if _is_root():
         print(conflicts_summary(r, args.out))
     return 0

@@ -113,7 +113,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
             max_iter: int = hs.MAX_ITER, trace: bool = False, trace_samples: int = hs.TRACE_SAMPLES,
             density: bool = False, density_iter: int = hs.DENSITY_ITER, density_runs: int = 1,
             per_domain: bool = False, hvp: str = hs.DEFAULT_HVP, seed: int = 0, bottom_k: int = 0,
-            per_block: bool = False, sample_batches: int = 0, sample_growth: bool = True,
+            per_block: bool = False, per_block_trace: bool = True, sample_batches: int = 0, sample_growth: bool = True,
             trace_method: str = hs.TRACE_METHOD, data=None,
             max_samples: int = 256, batch_size: int = 256, device: str = "auto", threads: int | None = None,
             frames_per_video: int = 1) -> HessianResult:
@@ -121,7 +121,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     (solver "lanczos" or PyHessian's "power"), each with its health (error bound, converged, products);
     with bottom_k the smallest eigenvalues, λ_min and |λ_min/λ_max|; with trace=True tr H by `trace_method`
     (Hutch++ or Hutchinson, with its standard error); with density=True the SLQ spectral density; with
-    per_domain=True λ_max of each source domain and of the target; with per_block=True λ_max and trace of
+    per_domain=True λ_max of each source domain and of the target; with per_block=True λ_max and (per_block_trace) trace of
     each top-level block's Hessian (analysis.hessian.block_sharpness); with sample_batches=B the spread of
     the eigenvalues (and trace) over B disjoint probe subsets and (sample_growth) at growing sample counts.
 
@@ -139,7 +139,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
         raise FaslandError(f"--trace-samples {trace_samples} is too few for a standard error; pass at least 2")
     if trace_method not in ("hutch++", "hutchinson"):
         raise FaslandError(f"--trace-method '{trace_method}' is not known; use hutch++ or hutchinson")
-    if (trace or per_block) and trace_method == "hutch++" and trace_samples < 4:
+    if (trace or per_block and per_block_trace) and trace_method == "hutch++" and trace_samples < 4:
         raise FaslandError(f"--trace-samples {trace_samples} is too few for Hutch++ (a sketch and 2 residual samples); pass at least 4")
     if bottom_k < 0 or sample_batches < 0 or sample_batches == 1:
         raise FaslandError(f"--bottom-k {bottom_k} / --sample-batches {sample_batches}: pass --bottom-k K ≥ 1 and --sample-batches B ≥ 2 (or leave them out)")
@@ -164,7 +164,8 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
     if per_domain:
         wanted += [(f"per_domain/{d}", {**eig, "top_k": 1}) for d in (*probe.sources, probe.target)]
     if per_block:
-        wanted.append(("per_block", {"tol": tol, "max_iter": max_iter, "seed": seed, "trace_samples": trace_samples,
+        wanted.append(("per_block", {"tol": tol, "max_iter": max_iter, "seed": seed,
+                                     "trace_samples": trace_samples if per_block_trace else 0,
                                      "trace_method": trace_method}))
     if sample_batches:
         wanted.append(("sampling", {**eig, "method": "lanczos", "subsets": sample_batches, "trace": trace,
@@ -209,7 +210,7 @@ def hessian(checkpoint, out=None, *, top_k: int = 1, solver: str = "lanczos", to
         elif name == "per_block":
             H, bar = None, progress_bar(w, None, "per-block sharpness", "hvp")
             result.per_block = hs.block_sharpness(model, probe.loss_fn, batches("train"), tol=tol, seed=seed,
-                                                  trace_samples=trace_samples, trace_method=trace_method,
+                                                  trace_samples=trace_samples if per_block_trace else 0, trace_method=trace_method,
                                                   max_iter=max_iter, hvp=hvp, world=w, progress=bar)
         elif name == "sampling":
             H, bar = None, progress_bar(w, None, f"eigenvalues on {sample_batches} probe subsets", "hvp")
@@ -283,8 +284,8 @@ def hessian_summary(r: HessianResult, out) -> str:
     for d, v in r.per_domain.items():
         rows.append((f"λ_max {d} ({v['role']})", eigen(v["lambda_max"], v.get("health"))))
     for b, v in r.per_block.items():
-        rows.append((f"block {b}", f"λ_max {eigen(v['lambda_max'], v['health'])}, trace "
-                                   f"{hs.with_error(v['trace'], v['trace_stderr'])} ({v['parameters']:,} parameters)"))
+        trace = "" if v.get("trace") is None else f", trace {hs.with_error(v['trace'], v['trace_stderr'])}"
+        rows.append((f"block {b}", f"λ_max {eigen(v['lambda_max'], v['health'])}{trace} ({v['parameters']:,} parameters)"))
     if r.sampling:
         sp, lam = r.sampling, r.sampling["lambda_max"]
         rows.append((f"λ_max over {sp['subsets']} subsets", f"{lam['mean']:.6g} ± {lam['std']:.2g} "
@@ -330,10 +331,12 @@ def _conflict_record(model, probe, s, world=None, progress=None) -> dict:
 
 def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None = None, eta: float | None = None,
               alpha: float | None = None, adaptive: bool | None = None, official_accumulation: bool | None = None,
-              trajectory=None, data=None, max_samples: int = 256, batch_size: int = 256, device: str = "auto",
-              threads: int | None = None, interval_subsets: int = 4, frames_per_video: int = 1) -> ConflictResult:
+              trajectory=None, trajectory_at: str | None = None, data=None, max_samples: int = 256,
+              batch_size: int = 256, device: str = "auto", threads: int | None = None, interval_subsets: int = 4,
+              frames_per_video: int = 1) -> ConflictResult:
     """Per-domain gradient cosines of a checkpoint at θ (at="theta"), also at SAM's and each domain's GAC-FAS
-    ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt.
+    ascent point (at="ascent"/"both"), and with trajectory=RUN_DIR at every RUN_DIR/checkpoints/epoch_*.pt
+    (at `trajectory_at`'s points, default `at`'s: "theta" costs k gradients per checkpoint, the ascent points (k+1)k more).
     ρ, η, α, adaptive, official_accumulation default to the checkpoint's hparams, else GAC-FAS's.
     The checkpoint's cosines at θ get 95% intervals (theta.interval, analysis.intervals.conflict_interval) from
     `interval_subsets` client subsets per domain (0: none; capped at the clients of the smallest domain; one rank only).
@@ -362,6 +365,9 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
     if interval_subsets < 0:
         raise FaslandError(f"--interval-subsets {interval_subsets} must not be negative; pass e.g. --interval-subsets 4 (0: no interval)")
     s["interval_subsets"] = interval_subsets
+    if trajectory_at not in (None, "theta", "ascent", "both"):
+        raise FaslandError(f"--trajectory-at '{trajectory_at}' is not known; use theta, ascent or both")
+    s["trajectory_at"] = trajectory_at or at
     key = {"data": data_spec, "settings": s}
     previous = read_previous(out, ConflictResult) if out is not None and w.rank == 0 else None
     previous = w.agree(previous if previous is not None and previous.key == key else None)
@@ -409,7 +415,8 @@ def conflicts(checkpoint=None, out=None, *, at: str = "both", rho: float | None 
                     return None
                 m, c = load_model(mine[0], dev)
                 return {"checkpoint": mine[0].name, "epoch": c.get("epoch"), "sha256": mine[1],
-                        **{n: v for n, v in _conflict_record(m, probe, s).items() if n != "domains"}}
+                        **{n: v for n, v in _conflict_record(m, probe, {**s, "at": s["trajectory_at"]}).items()
+                           if n != "domains"}}
 
             entries = w.gather(mpi.on_every_rank(w.comm, record))
             if w.rank == 0:

@@ -738,15 +738,15 @@ def block_sharpness(model, loss_fn, data, blocks=None, tol: float = 1e-3, seed: 
     """{block: {"lambda_max", "trace", "trace_stderr", "parameters", "health"}} for the Hessian restricted to
     each block's parameters, H_BB = ∂²L/∂θ_B² (the others held at θ): λ_max by Lanczos to tol (with its
     error bound, converged flag and products in `health`), tr H_BB by `trace_method` from trace_samples
-    products. Blocks as `parameter_blocks`."""
+    products (trace_samples 0: no trace, "trace" and "trace_stderr" None). Blocks as `parameter_blocks`."""
     out = {}
     for name, params in parameter_blocks(model, blocks).items():
         H = Hessian(model, loss_fn, data, hvp, world, params=params)
         H.progress = progress
         e = top_eigenvalues(H, 1, tol, seed=seed, max_iter=max_iter)
-        t = trace(H, trace_samples, 0.0, seed, trace_method)
-        out[name] = {"lambda_max": e[0], "trace": t.mean, "trace_stderr": t.stderr, "parameters": H.dim,
-                     "health": {**e.health()[0], "trace_products": t.products}}
+        t = trace(H, trace_samples, 0.0, seed, trace_method) if trace_samples else None
+        out[name] = {"lambda_max": e[0], "trace": t.mean if t else None, "trace_stderr": t.stderr if t else None, "parameters": H.dim,
+                     "health": {**e.health()[0], "trace_products": t.products if t else 0}}
     return out
 
 

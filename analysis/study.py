@@ -235,8 +235,8 @@ class Study:
         r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
                     trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
                     density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=1,
-                    per_block=True, sample_batches=self.s["sample_batches"], sample_growth=bool(self.s["sample_growth"]),
-                    **self.device)
+                    per_block=True, per_block_trace=bool(self.s["block_trace"]), sample_batches=self.s["sample_batches"],
+                    sample_growth=bool(self.s["sample_growth"]), **self.device)
         print(hessian_summary(r, out))
 
     def conflicts(self, m: str) -> None:
@@ -244,7 +244,9 @@ class Study:
 
         self.say(f"gradient conflicts of {LABELS[m]}: at θ, at the ascent points, over training")
         out = self.run_dir(m) / "conflicts.json"
-        r = conflicts(self.ckpt(m), out, at="both", trajectory=None if m in self.given else self.run_dir(m), max_samples=self.s["max_samples"], **self.device)
+        r = conflicts(self.ckpt(m), out, at="both", trajectory=None if m in self.given else self.run_dir(m),
+                      trajectory_at="both" if self.s["trajectory_ascent"] else "theta", max_samples=self.s["max_samples"],
+                      **self.device)
         print(conflicts_summary(r, out))
 
     # ---- attention ----------------------------------------------------------------------------

@@ -268,6 +268,14 @@ def test_cli_trajectory_resume_and_two_mpi_ranks(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0 and len(calls) == 1
     assert [e["epoch"] for e in json.loads(out.read_text())["trajectory"]] == [1, 2, 3]
 
+    # --trajectory-at theta: each trajectory checkpoint gets its cosines at θ only, the same as with the ascent points
+    lean = tmp_path / "conflicts_theta.json"
+    assert main([*argv[:-1], str(lean), "--trajectory-at", "theta"]) == 0
+    t = json.loads(lean.read_text())
+    assert t["theta"]["cosines"] == r["theta"]["cosines"] and "sam" in t    # the checkpoint itself: every point
+    assert [set(e) & {"theta", "sam", "gacfas"} for e in t["trajectory"]] == [{"theta"}] * 3
+    assert [e["theta"]["cosines"] for e in t["trajectory"][:2]] == [e["theta"]["cosines"] for e in r["trajectory"]]
+
     # two ranks (domains of the checkpoint, then one trajectory checkpoint per rank) give the same numbers
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(WRAPPER.format(tests=str(Path(__file__).parent)))

@@ -86,6 +86,10 @@ def test_block_sharpness_equals_the_dense_diagonal_blocks(tiny):
         # 3 × 110 products: the Hutch++ sketch spans each block (≤ 104 parameters), so the trace is exact
         assert abs(r["trace"] - np.trace(D)) <= 1e-7 * np.abs(D).sum() and r["trace_stderr"] < 1e-7 * np.abs(D).sum()
         assert r["health"]["converged"]
+    # trace_samples 0: the same λ_max per block, no trace and no trace products
+    lean = hs.block_sharpness(model, bce, data, tol=1e-8, trace_samples=0, seed=1)
+    assert {b: r["lambda_max"] for b, r in lean.items()} == {b: r["lambda_max"] for b, r in got.items()}
+    assert all(r["trace"] is None and r["trace_stderr"] is None and r["health"]["trace_products"] == 0 for r in lean.values())
     custom = hs.block_sharpness(model, bce, data, blocks={"heads": ["fc1.weight", "fc2.weight"]}, tol=1e-8, trace_method="exact")
     idx = np.concatenate([np.arange(where[n].start, where[n].stop) for n in ("fc1.weight", "fc2.weight")])
     assert abs(custom["heads"]["trace"] - np.trace(dense[np.ix_(idx, idx)])) < 1e-10 * np.abs(dense).sum()
