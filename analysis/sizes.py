@@ -11,7 +11,7 @@ SETTINGS = {
              "max_samples": 64, "top_k": 3, "tol": 1e-3, "max_iter": 40, "trace_samples": 10, "density_iter": 0,
              "sample_batches": 4, "sample_growth": 0, "block_trace": 0, "trajectory_ascent": 0,
              "attention_samples": 16},
-    # `make demo` at 64 px: smaller grids and probe, one top eigenvalue, three subsets (the analysis is ~10 of its 17 min)
+    # `make demo` at 64 px: smaller grids and probe, one top eigenvalue, three subsets (its minutes: README)
     "demo64": {"x1d": "-1:1:13", "x2d": "-1:1:7", "interpolation": "-0.5:1.5:9", "pca_points": 7,
                "max_samples": 32, "top_k": 1, "tol": 1e-3, "max_iter": 20, "trace_samples": 6, "density_iter": 0,
                "sample_batches": 3, "sample_growth": 0, "block_trace": 0, "trajectory_ascent": 0,
