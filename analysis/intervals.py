@@ -2,8 +2,10 @@
 
 - HTER and AUC: client-level bootstrap (`training.metrics.client_intervals`): frames of one client
   (video, identity) are not independent, so clients are resampled with replacement, all their frames kept.
-- λ_max and trace: the spread of the per-subset values (`fasland hessian --sample-batches B` measures each
-  subset of the probe alone): `subset_interval`, the central 95% of those values.
+- λ_max and trace: `fasland hessian --sample-batches B` measures each of B disjoint subsets of the probe alone;
+  `subset_interval` is the spread of those values (what one subset's worth of samples gives), and
+  `batch_means_interval` the 95% interval of the estimate on the whole probe: value ± t_{B−1}·s/√B (batch
+  means), centred on that estimate, as the report's tables and within-noise reading use.
 - Conflict cosines: the probe's samples of each domain split into B subsets of clients, one gradient g_ib per
   subset; the domain's gradient is their size-weighted mean, so every bootstrap replicate (subsets drawn with
   replacement within each domain) is an exact weighted sum, and its cosines follow from the (kB × kB) Gram
@@ -17,7 +19,7 @@ import numpy as np
 from training.errors import FaslandError
 from training.metrics import percentile_interval
 
-__all__ = ["percentile_interval", "subset_interval", "within_noise", "gram_cosine_replicates", "cosine_intervals",
+__all__ = ["percentile_interval", "subset_interval", "batch_means_interval", "within_noise", "gram_cosine_replicates", "cosine_intervals",
            "client_subsets", "conflict_interval"]
 
 
@@ -28,6 +30,20 @@ def subset_interval(values, level: float = 0.95) -> dict:
         raise FaslandError("no per-subset values to take an interval over; measure with --sample-batches 2 or more")
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
             "interval": list(percentile_interval(v, level))}
+
+
+def batch_means_interval(value: float, values, level: float = 0.95) -> list[float] | None:
+    """value ± t_{B−1,(1+level)/2} · s/√B, s the standard deviation (ddof 1) of the B per-subset estimates `values`:
+    the interval of `value`, the estimate on all B disjoint subsets together. Each subset holds 1/B of the samples,
+    so that estimate's standard error is about s/√B; for a mean over the subsets (the trace, whose subsets share
+    their probe vectors) it is the t interval exactly. None with fewer than two subset values."""
+    from scipy.stats import t
+
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if value is None or v.size < 2:
+        return None
+    half = float(t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return [value - half, value + half]
 
 
 def within_noise(a, b) -> bool:

@@ -512,6 +512,7 @@ def hessian_numbers(h) -> dict:
     λ_max, λ_min, the spread of λ_max over probe subsets and the sharpest block of a `fasland hessian` result
     (a HessianResult, or its JSON as a dict)."""
     from analysis.hessian import determined
+    from analysis.intervals import batch_means_interval
 
     h = h if isinstance(h, HessianResult) else HessianResult.from_json(h)
     eig = h.eigenvalues or []
@@ -525,7 +526,9 @@ def hessian_numbers(h) -> dict:
             "lambda_min": (h.smallest or {}).get("lambda_min"),
             "lambda_max_spread": (top["mean"], top["std"]) if top else None,
             "sharpest_block": (sharpest, blocks[sharpest]["lambda_max"]) if sharpest else None, "undetermined": undetermined,
-            "ci_hessian": {k: (spread.get(k) or {}).get("interval") for k in ("lambda_max", "trace")}}
+            "ci_hessian": {"lambda_max": batch_means_interval(eig[0] if eig else None, (top or {}).get("values", [])),
+                           "trace": batch_means_interval(h.trace["mean"] if h.trace else None,
+                                                         (spread.get("trace") or {}).get("values", []))}}
 
 
 def pairwise_cosines(record: dict | None):
@@ -596,7 +599,8 @@ HEADLINE = (("hter", "target HTER", "pct"), ("auc", "target AUC", "pct"), ("sour
             ("source_auc", "source AUC", "pct"), ("lambda_max", "λ_max", "num"), ("trace", "trace", "num"),
             ("conflict_theta", "conflict at θ", "num3"))
 INTERVALS_NOTE = ("Brackets: 95% intervals — HTER and AUC by a bootstrap over clients (identities/videos, all "
-                  "frames of a drawn client kept), λ_max and trace over disjoint probe subsets, conflict by a bootstrap "
+                  "frames of a drawn client kept), λ_max and trace as value ± t·s/√B with s the spread of their values on B "
+                  "disjoint probe subsets (batch means), conflict by a bootstrap "
                   "over client subsets of the per-domain gradients. A difference is *within noise* when the two "
                   "intervals overlap.\n\n")
 

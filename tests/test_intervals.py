@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.intervals import client_subsets, conflict_interval, gram_cosine_replicates, subset_interval, within_noise
+from analysis.intervals import (batch_means_interval, client_subsets, conflict_interval, gram_cosine_replicates, subset_interval,
+                                within_noise)
 from reliability_fixtures import tiny_run  # noqa: F401  (the session fixture)
 from test_metrics import brute_force
 from training.errors import FaslandError
@@ -111,6 +112,35 @@ def test_subset_interval():
     assert r["interval"] == pytest.approx(list(np.percentile([1, 2, 3, 4], [2.5, 97.5])))
     with pytest.raises(FaslandError, match="sample-batches"):
         subset_interval([])
+
+
+def test_batch_means_interval_is_the_t_interval_and_covers_the_whole_sample_estimate():
+    from scipy import stats
+
+    values = [3.0, 5.0, 4.5]
+    lo, hi = batch_means_interval(4.0, values)
+    assert [lo, hi] == pytest.approx(list(stats.t.interval(0.95, 2, loc=4.0, scale=stats.sem(values))))
+    assert batch_means_interval(4.0, [3.0, None]) is None and batch_means_interval(None, values) is None
+    # the mean of N(0, 1) samples dealt into 3 subsets: the interval of the whole sample's mean covers 0 in 95% of draws
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(4000):
+        x = rng.normal(0.0, 1.0, 60)
+        a, b = batch_means_interval(x.mean(), [x[i::3].mean() for i in range(3)])
+        covered += a <= 0.0 <= b
+    assert 0.94 <= covered / 4000 <= 0.96
+
+
+def test_study_hessian_intervals_are_centred_on_the_whole_probe_values():
+    from analysis.hessian import spread
+    from analysis.study import hessian_numbers
+
+    h = {"command": "hessian", "version": 1, "eigenvalues": [188.5], "trace": {"mean": 522.3, "stderr": 10.0},
+         "sampling": {"subsets": 3, "lambda_max": spread([260.0, 190.0, 250.0]), "trace": spread([500.0, 530.0, 537.0])}}
+    ci = hessian_numbers(h)["ci_hessian"]
+    assert ci["lambda_max"] == pytest.approx(batch_means_interval(188.5, [260.0, 190.0, 250.0]))
+    assert ci["trace"] == pytest.approx(batch_means_interval(522.3, [500.0, 530.0, 537.0]))
+    assert ci["lambda_max"][0] < 188.5 < ci["lambda_max"][1]    # the subsets' own range, 190–260, would miss it
 
 
 def test_gram_replicates_equal_explicit_weighted_means():
