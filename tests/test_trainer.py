@@ -135,6 +135,9 @@ def test_warm_start_needs_the_same_configuration_and_an_erm_warming(tmp_path):
     assert find_warming(other, [tmp_path / "erm"])[0] is None
     assert "hparams.lr 0.01 → 0.02" in find_warming(other, [tmp_path / "erm"])[2][0]
     assert find_warming(tiny("rfm", epochs=2, minimizer_warming=1), [tmp_path / "erm"])[0] is None   # RFM warms multi-task
+    # a run that keeps the trajectory more densely than the source kept it cannot take the source's
+    (tmp_path / "erm" / "checkpoints" / "epoch_001.pt").unlink()
+    assert "lacks checkpoints/epoch_001.pt" in find_warming(tiny("sam", epochs=2, minimizer_warming=1), [tmp_path / "erm"])[2][0]
     with pytest.raises(FaslandError, match="--warm-from .* warmed with another configuration .*train.batch_per_domain 4 → 8"):
         train_command("ICM2O", "sam", tmp_path / "sam", config={**TINY, "train": {**TINY["train"], "batch_per_domain": 8,
                                                                                   "minimizer_warming": 1}},

@@ -291,8 +291,22 @@ def find_warming(config: dict, candidates) -> tuple[dict | None, Path | None, li
         if changed or state["epoch"] != config["train"]["minimizer_warming"]:
             why.append(f"'{run}' warmed with another configuration ({'; '.join(changed) or 'epoch ' + str(state['epoch'])})")
             continue
+        missing = missing_warming_parts(state, run, config["train"])
+        if missing:
+            why.append(f"'{run}' lacks {missing[0]} that this run keeps")
+            continue
         return state, run, []
     return None, None, why
+
+
+def missing_warming_parts(state: dict, run: Path, t: dict) -> list[str]:
+    """What a run with train settings `t` records up to the warming epoch (trajectory checkpoints, evaluations) but
+    the warming state of `run` does not have (its train.epochs or save_every differed)."""
+    start = state["epoch"]
+    evaluated = {e["epoch"] for e in state["metrics"]["evaluations"]}
+    return ([f"checkpoints/epoch_{e:03d}.pt" for e in range(start + 1) if (e == 0 or e % t["save_every"] == 0)
+             and not (run / "checkpoints" / f"epoch_{e:03d}.pt").is_file()]
+            + [f"the evaluation of epoch {e}" for e in range(1, start + 1) if should_evaluate(e, t) and e not in evaluated])
 
 
 def warm_start(state: dict, source: Path, out: Path, config: dict, arch: dict, rules: list[str]) -> None:
