@@ -229,13 +229,16 @@ class Study:
     def sharpness(self, m: str) -> None:
         from analysis.commands import hessian, hessian_summary
 
-        self.say(f"Hessian of {LABELS[m]}: top-{self.s['top_k']} and smallest eigenvalues, trace, per-domain and "
-                 f"per-block λ_max, spread over {self.s['sample_batches']} probe subsets")
+        parts = [f"top-{self.s['top_k']}" + (" and smallest" if self.s["bottom_k"] else "") + " eigenvalues, trace",
+                 "per-domain" + (" and per-block" if self.s["per_block"] else "") + " λ_max",
+                 f"spread over {self.s['sample_batches']} probe subsets"]
+        self.say(f"Hessian of {LABELS[m]}: {', '.join(parts)}")
         out = self.run_dir(m) / "hessian.json"
         r = hessian(self.ckpt(m), out, top_k=self.s["top_k"], tol=self.s["tol"], max_iter=self.s["max_iter"], trace=True,
                     trace_samples=self.s["trace_samples"], per_domain=True, max_samples=self.s["max_samples"],
-                    density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=1,
-                    per_block=True, per_block_trace=bool(self.s["block_trace"]), sample_batches=self.s["sample_batches"],
+                    density=self.s["density_iter"] > 0, density_iter=self.s["density_iter"] or 1, bottom_k=self.s["bottom_k"],
+                    per_block=bool(self.s["per_block"]), per_block_trace=bool(self.s["block_trace"]),
+                    sample_batches=self.s["sample_batches"],
                     sample_growth=bool(self.s["sample_growth"]), **self.device)
         print(hessian_summary(r, out))
 

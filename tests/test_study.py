@@ -54,3 +54,29 @@ def test_attention_section_averages_the_sources_and_marks_unknown_regions(tmp_pa
     assert rows["S"] == ["0.250", "0.500", "0.125", "0.375", "0.600", "0.200", "0.100", "0.400"]
     assert rows["R"] == ["0.900", "–", "–", "0.300", "0.700", "–", "–", "0.300"]
     assert "](views/attention.png)" in md and "AUC per held-out" not in md
+
+
+def test_size_switches_choose_what_the_hessian_and_conflicts_steps_compute(tmp_path, monkeypatch):
+    """The study's sizes decide the commands' work: λ_min and per-block λ_max on or off, block traces, the sample
+    growth curve and the ascent points along the trajectory (the commands themselves are tested elsewhere)."""
+    import analysis.commands as commands
+    from analysis.study import SETTINGS, Study, parse_sizes
+
+    calls = {}
+    monkeypatch.setattr(commands, "hessian", lambda ckpt, out, **kw: calls.setdefault("hessian", kw))
+    monkeypatch.setattr(commands, "hessian_summary", lambda r, out: "")
+    monkeypatch.setattr(commands, "conflicts", lambda ckpt, out, **kw: calls.setdefault("conflicts", kw))
+    monkeypatch.setattr(commands, "conflicts_summary", lambda r, out: "")
+    options = {"data": None, "config": None, "device": "cpu", "threads": 1, "figures": None, "keep_checkpoints": None}
+    for spec, want in ((None, dict(bottom_k=1, per_block=True, per_block_trace=False, sample_growth=False, at="theta")),
+                       ("bottom_k=0,per_block=0", dict(bottom_k=0, per_block=False, per_block_trace=False, sample_growth=False, at="theta")),
+                       ("block_trace=1,sample_growth=1,trajectory_ascent=1",
+                        dict(bottom_k=1, per_block=True, per_block_trace=True, sample_growth=True, at="both"))):
+        calls.clear()
+        st = Study("ICM2O", ["erm"], "demo64", parse_sizes(spec, SETTINGS["demo64"]), tmp_path, options)
+        st.sharpness("erm")
+        st.conflicts("erm")
+        h, c = calls["hessian"], calls["conflicts"]
+        assert {k: h[k] for k in ("bottom_k", "per_block", "per_block_trace", "sample_growth")} == \
+               {k: want[k] for k in ("bottom_k", "per_block", "per_block_trace", "sample_growth")}
+        assert c["trajectory_at"] == want["at"] and c["at"] == "both"
