@@ -2,8 +2,10 @@
 
 Each RECIPE is IMAGE_SIZE:EPOCHS:STEPS_PER_EPOCH:LR_STEP[:LR] (lr_step 0 = constant; LR default the preset's),
 trained with the demo preset otherwise and evaluated once, at the end, on held-out clients. Prints one markdown row per recipe
-with wall and process-CPU seconds and the 1-minute load average at the start (the machine may be shared:
-CPU seconds per step are the figure to extrapolate from)."""
+(method, protocol, training seed, image size, steps, LR step, warming, LR, source and target HTER) with wall and process-CPU
+seconds, CPU milliseconds per step and the 1-minute load average at the start (the machine may be shared: CPU seconds per
+step are the figure to extrapolate from). With `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` in the environment an
+AVX-512 machine computes what an AVX2-only one does (README, What the demo measured)."""
 import argparse
 import contextlib
 import os
