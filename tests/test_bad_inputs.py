@@ -212,9 +212,10 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(module_tmp):
     """Every bad input, and existing results that no failure may touch."""
-    d = tmp_path_factory.mktemp("bad_inputs")
+    d = module_tmp / "bad_inputs"
+    d.mkdir()
     ck = make_checkpoint(d / "c.pt")
     make_checkpoint(d / "c2.pt", seed=1)
     state = torch.load(ck, weights_only=True)["model"]
@@ -367,9 +368,10 @@ def test_direction_datasets_are_never_unpickled(workspace):
 # ------------------------------------------------------------------------------------------ non-finite values
 
 @pytest.fixture(scope="module")
-def far_surface(workspace, tmp_path_factory):
+def far_surface(workspace, module_tmp):
     """A 2-D surface from θ out to 1e4 along a filter-normalized direction: the far points overflow."""
-    d = tmp_path_factory.mktemp("far")
+    d = module_tmp / "far"
+    d.mkdir()
     r = cli(["surface", "--checkpoint", workspace / "c.pt", "--x", "0:1e4:3", "--y", "0:1:2", *SURF, "--out", d / "far.h5"])
     assert r.code == 0, r.err[-2000:]
     return d / "far.h5"

@@ -21,9 +21,9 @@ def assert_same_arrays(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def surfaces(tmp_path_factory):
+def surfaces(module_tmp):
     """Three `fasland surface` runs of one checkpoint: seed 0 twice, seed 1 once."""
-    d = tmp_path_factory.mktemp("determinism")
+    d = module_tmp
     ck = make_checkpoint(d / "c.pt")
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         r = cli(["surface", "--checkpoint", ck, *SURF, "--seed", seed, "--out", d / f"{name}.h5"])
