@@ -73,7 +73,7 @@ def test_size_switches_choose_what_the_hessian_and_conflicts_steps_compute(tmp_p
                        ("block_trace=1,sample_growth=1,trajectory_ascent=1",
                         dict(bottom_k=1, per_block=True, per_block_trace=True, sample_growth=True, at="both"))):
         calls.clear()
-        st = Study("ICM2O", ["erm"], "demo64", parse_sizes(spec, SETTINGS["demo64"]), tmp_path, options)
+        st = Study("ICM2O", ["erm"], "demo", parse_sizes(spec, SETTINGS["demo"]), tmp_path, options)
         st.sharpness("erm")
         st.conflicts("erm")
         h, c = calls["hessian"], calls["conflicts"]
