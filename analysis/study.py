@@ -407,14 +407,20 @@ class Study:
         self.say("report")
         rows = self.rows()
         domains = sorted({k for r in rows for k in r.get("lambda_domain", {})})
+        # the Hessian's optional sections get a column when some method has them (`--sizes bottom_k=0` has no λ_min)
+        extra = [(label, key, text) for label, key, text in (("λ_min", "lambda_min", num),
+                                                             ("λ_max ± spread", "lambda_max_spread", spread_text),
+                                                             ("sharpest block", "sharpest_block", block_text))
+                 if any(r[key] is not None for r in rows)]
         head = ("| method | " + " | ".join(label for _, label, _ in HEADLINE) + " | cos at θ (mean / min) | "
                 "conflict at SAM ascent (cos mean / min) | conflict at GAC-FAS ascents (cos mean / min) | "
-                f"width at +{WIDTH_DELTA} | λ_min | λ_max ± spread | sharpest block |\n|---|" + "---|" * (len(HEADLINE) + 7) + "\n")
+                f"width at +{WIDTH_DELTA} |" + "".join(f" {label} |" for label, _, _ in extra)
+                + "\n|---|" + "---|" * (len(HEADLINE) + 4 + len(extra)) + "\n")
         table = head + "".join(
             f"| {r['method']} | " + " | ".join(headline_cell(r, k, kind) for k, _, kind in HEADLINE)
             + f" | {cosines_text(r['cos_theta'])} | {num(r['conflict_sam'], 3)} {cosines_text(r['cos_sam'], True)}"
-            + f" | {num(r['conflict_ascent'], 3)} {cosines_text(r['cos_ascent'], True)} | {width_text(r['width'])}"
-            + f" | {num(r['lambda_min'])} | {spread_text(r['lambda_max_spread'])} | {block_text(r['sharpest_block'])} |\n"
+            + f" | {num(r['conflict_ascent'], 3)} {cosines_text(r['cos_ascent'], True)} | {width_text(r['width'])} |"
+            + "".join(f" {text(r[key])} |" for _, key, text in extra) + "\n"
             for r in rows)
         table += "\n" + noise_table(rows)
         if domains:

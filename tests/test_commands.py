@@ -114,7 +114,9 @@ def test_study_function_runs_without_argv(tmp_path, monkeypatch):
     h = json.loads((tmp_path / "st" / "erm" / "hessian.json").read_text())
     text = report.read_text()
     row = next(l for l in text.splitlines() if l.startswith("| ERM |"))
-    assert f"{h['eigenvalues'][0]:.4g}" in row
+    assert f"{h['eigenvalues'][0]:.4g}" in row and f"{h['smallest']['lambda_min']:.4g}" in row
+    header = next(l for l in text.splitlines() if l.startswith("| method |"))
+    assert header.endswith("| λ_min | λ_max ± spread | sharpest block |") and header.count("|") == row.count("|")
     # the header names the data, the preset and every override, the device and threads, the versions
     for words in ("- data: SynthFAS", "- preset: demo", "train.epochs = 2", "train.steps_per_epoch = 3", "pca_points=2",
                   "- device: cpu, 1 torch threads", "- versions: fasland", "torch "):
@@ -126,6 +128,15 @@ def test_study_function_runs_without_argv(tmp_path, monkeypatch):
     assert rules == ["erm", "erm"]
     line = f"update rules: ERM: {describe_rules(rules)}"
     assert f"- {line}\n" in text and f"<li>{line}</li>" in (tmp_path / "st" / "report.html").read_text()
+    # a Hessian computed without λ_min and the per-block λ_max: their columns leave the table
+    (tmp_path / "st" / "erm" / "hessian.json").unlink()
+    [report] = study(tmp_path / "st", methods=["erm"], sizes={**sizes, "bottom_k": 0, "per_block": 0}, config=config,
+                     threads=1)
+    h = json.loads((tmp_path / "st" / "erm" / "hessian.json").read_text())
+    assert not h.get("smallest") and not h.get("per_block")
+    lines = report.read_text().splitlines()
+    header, row = next(l for l in lines if l.startswith("| method |")), next(l for l in lines if l.startswith("| ERM |"))
+    assert header.endswith("| width at +0.1 | λ_max ± spread |") and header.count("|") == row.count("|")
 
 
 def test_entry_point_and_parsers_import_nothing_heavy():
