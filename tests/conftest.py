@@ -27,7 +27,7 @@ def module_tmp(request, tmp_path_factory):
     shutil.rmtree(d, ignore_errors=True)
 
 
-# Measured peak of a full `make test` under the base temporary folder: 4.4 GB (two workers).
+# Measured peak of a full `make test` under the base temporary folder: 4.2 GB (two workers).
 DISK_NEEDED_GB = 6
 
 

@@ -2,6 +2,7 @@
 the coloured surface, not an empty view."""
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.skipif(not (PVBATCH and XVFB), reason="ParaView's pvbat
 def render(scene, png, size=(640, 480)):
     """`xvfb-run -a pvbatch SCENE --screenshot PNG`, as a user types it."""
     cmd = [XVFB, "-a", PVBATCH, str(scene), "--screenshot", str(png), "--size", *map(str, size)]
-    for attempt in range(3):
+    for attempt in range(5):
+        time.sleep(2 ** attempt - 1)
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")   # cwd: the scene finds its files itself
         if "bad X server connection" not in run.stderr:
             break   # else another xvfb-run -a took the same display number at the same moment (its known race): retry

@@ -89,12 +89,13 @@ def display():
             proc.wait()
 
 
-def render(scene, png, size=(1280, 960), timeout: float = 300, attempts: int = 3) -> Path:
+def render(scene, png, size=(1280, 960), timeout: float = 300, attempts: int = 5) -> Path:
     """Run the scene in ParaView's pvbatch (on a private Xvfb when there is no display) and save a screenshot.
 
     Debian's pvbatch sometimes fails to open its X connection ("bad X server connection") when another
     pvbatch starts at the same moment, even on another display: renders of this machine take turns (a
-    file lock), and such a failure is retried."""
+    file lock), and such a failure is retried on a new Xvfb, after 1, 2, 4, … s (seen three times in a row
+    within a second on a loaded machine)."""
     pvbatch = shutil.which("pvbatch")
     if pvbatch is None:
         raise FaslandError("a screenshot needs ParaView's pvbatch on PATH (Debian: apt-get install paraview python3-paraview "
@@ -104,7 +105,9 @@ def render(scene, png, size=(1280, 960), timeout: float = 300, attempts: int = 3
     cmd = [pvbatch, str(Path(scene).resolve()), "--screenshot", str(png), "--size", str(size[0]), str(size[1])]
     with open(os.path.join(tempfile.gettempdir(), "fasland-pvbatch.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(2 ** (attempt - 1))
             with display() as name:
                 try:
                     run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "DISPLAY": name})
