@@ -237,6 +237,26 @@ def tiny_run(tmp_path_factory):
     return d / "run", config
 
 
+def done_count(path) -> int:
+    """Points recorded so far: those the surface file holds and those journaled since its last rewrite
+    (the file itself is rewritten only now and then, so alone it can jump from a few points to all)."""
+    import h5py
+
+    path, done = Path(path), set()
+    try:
+        with h5py.File(path, "r") as f:
+            done.update(np.flatnonzero(f["done"][()]).tolist())
+    except (OSError, KeyError):
+        pass
+    journal = path.with_name(f".{path.name}.journal")
+    try:
+        lines = journal.read_text().split("\n")[1:-1]    # after the header; the last one may be torn
+    except OSError:
+        lines = []
+    done.update(json.loads(line)[0] for line in lines)
+    return len(done)
+
+
 def datasets(path) -> dict:
     """Every dataset of an HDF5 file by its full name (groups walked), as numpy arrays."""
     import h5py

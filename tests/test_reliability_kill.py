@@ -14,21 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
-from reliability_fixtures import (assert_readable, assert_same_weights, cli, datasets, kill_tree, mpi_rank_pids,
-                                  stale_temporaries, start, tiny_run, train_args, wait_for)
+from reliability_fixtures import (assert_readable, assert_same_weights, cli, datasets, done_count, kill_tree,
+                                  mpi_rank_pids, stale_temporaries, start, tiny_run, train_args, wait_for)
 
 SURFACE = ["--x", "-1:1:5", "--y", "-1:1:4", "--max-samples", "8", "--threads", "1"]
 POINTS = 5 * 4
 __all__ = ["tiny_run"]   # the shared uninterrupted training run (a session fixture)
-
-
-def done_count(path) -> int:
-    """Points the surface file holds; 0 while it does not exist (or is being replaced)."""
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["done"][()].sum())
-    except (OSError, KeyError):
-        return 0
 
 
 def surface_arrays(path) -> dict:
@@ -169,8 +160,10 @@ def test_surface_killed_on_one_rank_then_a_dead_mpi_rank_then_rerun_equals_unint
     p = start(argv, ranks=2)                             # 2. two ranks, rank 1 dies mid-way
     try:
         k = rng.randint(3, POINTS // 2)
-        wait_for(lambda: done_count(out) >= k, p, timeout=240)
-        os.kill(mpi_rank_pids(p.pid)[1], signal.SIGKILL)
+        wait_for(lambda: len(mpi_rank_pids(p.pid)) == 2, p, timeout=240)
+        rank1 = mpi_rank_pids(p.pid)[1]
+        wait_for(lambda: done_count(out) >= k, p, timeout=240, poll=0.005)
+        os.kill(rank1, signal.SIGKILL)                   # it holds a point, so the surface cannot finish
         stdout, stderr = p.communicate(timeout=60)       # no hang
     finally:
         kill_tree(p)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reliability_fixtures import done_count
+
 HERE = Path(__file__).resolve().parent
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 XS, YS = np.linspace(-1, 1, 6), np.linspace(-1, 1, 5)
@@ -101,21 +103,6 @@ def assert_equal_surfaces(path, reference):
     for k, v in reference.items():
         np.testing.assert_allclose(s.arrays[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
     return s
-
-
-def done_count(path) -> int:
-    """Points done so far: those in the file plus those journaled since its last save (complete lines)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            n = int(f["done"][()].sum())
-    except (OSError, KeyError):
-        n = 0
-    journal = Path(path).with_name(f".{Path(path).name}.journal")
-    if journal.exists():
-        n += max(0, journal.read_text().count("\n") - 1)
-    return n
 
 
 def test_a_failing_or_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path, reference):
